@@ -1,0 +1,3 @@
+from p2pdist.cli.main import main
+
+raise SystemExit(main())

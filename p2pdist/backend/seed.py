@@ -1,0 +1,104 @@
+"""Seeding: stream a blob from its origin once, cut it into chunks, hash and store each.
+
+Used by the tracker (the cluster's seed, single flight per task) and by a peer that cannot
+reach any tracker (it then seeds for itself). Each chunk is published through
+``on_chunk`` as soon as it is hashed and stored (cut-through), so downloaders start long
+before the origin has sent the last byte. Every byte is hashed exactly once by BLAKE3 and
+once by sha256, in one worker-thread call per chunk, while the next chunk is received.
+
+The returned :class:`ChunkMap` is *sealed*: its sha256 was checked against the expected
+digest (or, with none expected, it is the digest). A mismatch raises
+:class:`IntegrityError` and nothing is sealed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+
+import blake3
+import trio
+
+from p2pdist.backend.origin import Origin
+from p2pdist.core.chunkmap import ChunkMap, chunk_size_for
+from p2pdist.core.digest import Digest
+from p2pdist.core.errors import IntegrityError, OriginError
+from p2pdist.core.task import TaskSpec
+from p2pdist.storage.chunkstore import ChunkStore
+
+OnStart = Callable[[int | None, int], None]
+OnChunk = Callable[[int, str, int], Awaitable[None] | None]
+
+_BUFFERS = 3
+
+
+def blake3_hex(data: bytes | bytearray | memoryview) -> str:
+    """BLAKE3 of ``data``; multi-threaded for big buffers (blake3 releases the GIL)."""
+    if len(data) >= 1 << 20:
+        return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
+    return blake3.blake3(data).hexdigest()
+
+
+async def seed_from_origin(origin: Origin, spec: TaskSpec, store: ChunkStore, *,
+                           on_start: OnStart | None = None, on_chunk: OnChunk | None = None,
+                           chunk_size: int | None = None,
+                           limiter: trio.CapacityLimiter | None = None) -> ChunkMap:
+    sha = hashlib.sha256()
+    names: list[str] = []
+    total = 0
+    async with origin.open(spec) as stream:
+        size = stream.size
+        cs = chunk_size or chunk_size_for(size)
+        if on_start is not None:
+            on_start(size, cs)
+        free_send, free_recv = trio.open_memory_channel[bytearray](_BUFFERS)
+        work_send, work_recv = trio.open_memory_channel[tuple[bytearray, int]](_BUFFERS)
+        for _ in range(_BUFFERS):
+            free_send.send_nowait(bytearray(cs))
+
+        async def consume() -> None:
+            async with work_recv:
+                async for buf, n in work_recv:
+                    view = memoryview(buf)[:n]
+
+                    def digest_chunk(view: memoryview = view) -> str:
+                        sha.update(view)
+                        return blake3_hex(view)
+
+                    name = await trio.to_thread.run_sync(digest_chunk, limiter=limiter)
+                    await store.put_verified(name, view)
+                    view.release()
+                    names.append(name)
+                    if on_chunk is not None:
+                        res = on_chunk(len(names) - 1, name, n)
+                        if res is not None:
+                            await res
+                    free_send.send_nowait(buf)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            async with work_send:
+                buf = await free_recv.receive()
+                fill = 0
+                async for piece in stream:
+                    total += len(piece)
+                    if size is not None and total > size:
+                        raise OriginError(f"origin {spec.url} sent more than its Content-Length of {size}")
+                    mv = memoryview(piece)
+                    while mv:
+                        take = min(len(mv), cs - fill)
+                        buf[fill:fill + take] = mv[:take]
+                        fill += take
+                        mv = mv[take:]
+                        if fill == cs:
+                            await work_send.send((buf, fill))
+                            buf = await free_recv.receive()
+                            fill = 0
+                if fill:
+                    await work_send.send((buf, fill))
+    if size is not None and total != size:
+        raise OriginError(f"origin {spec.url} sent {total} of {size} bytes")
+    actual = Digest(sha.hexdigest())
+    if spec.digest is not None and actual != spec.digest:
+        raise IntegrityError(f"origin {spec.url} sent bytes with digest {actual}, expected {spec.digest}")
+    return ChunkMap(actual, total, cs, tuple(names))

@@ -1,0 +1,184 @@
+"""Configuration: frozen values, validated once at start, passed in.
+
+Sources, later ones win: defaults → a TOML file (section ``[tracker]`` or ``[peer]``) →
+``P2PDIST_<KEY>`` environment variables (e.g. ``P2PDIST_UPLOAD_SLOTS=4``) → command-line
+flags. Every error is a :class:`ConfigError` naming the key and the reason. Nothing below
+a composition root reads the environment: services receive these objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from p2pdist.core.errors import ConfigError
+from p2pdist.core.sizes import parse_size
+
+TOPOLOGIES = ("tree", "swarm")
+CHUNK_POLICIES = ("rarest", "sequential")
+
+
+def _choice(*values: str) -> dict[str, Any]:
+    return {"choices": values}
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    listen: str = "0.0.0.0:7400"
+    advertise: str | None = None  # host:port peers use to fetch chunks from the tracker (its seed role)
+    data_dir: str = "/var/lib/p2pdist/tracker"
+    capacity: int | None = field(default=None, metadata={"size": True})
+    topology: str = field(default="swarm", metadata=_choice(*TOPOLOGIES))
+    fanout: int = 4  # tree: children per parent
+    swarm_size: int = 8  # swarm: neighbours handed to a peer
+    peer_ttl: float = 30.0  # a peer that has not announced for this long is forgotten
+    announce_interval: float = 5.0  # the interval told to idle peers; downloading peers announce faster
+    upload_slots: int = 16
+    log_level: str = field(default="info", metadata=_choice("debug", "info", "warning", "error"))
+
+    def validate(self) -> None:
+        _positive(self, "fanout", "swarm_size", "peer_ttl", "announce_interval", "upload_slots")
+        _hostport(self, "listen")
+        if self.advertise is not None:
+            _hostport(self, "advertise")
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    listen: str = "0.0.0.0:7401"
+    advertise: str | None = None  # host:port other peers use to reach this one
+    trackers: tuple[str, ...] = ()  # tracker base URLs; empty = no swarm, back-to-source only
+    data_dir: str = "/var/lib/p2pdist/peer"
+    capacity: int | None = field(default=None, metadata={"size": True})
+    peer_id: str | None = None
+    zone: str = ""
+    upload_slots: int = 8  # concurrent chunk uploads; past it a peer answers 503
+    max_in_flight: int = 8  # concurrent chunk fetches per download
+    per_source_in_flight: int = 2
+    chunk_timeout: float = 10.0  # per-chunk deadline before asking elsewhere
+    peer_attempts: int = 2  # tries from peers before a chunk goes back to source
+    back_to_source: bool = True
+    chunk_policy: str = field(default="rarest", metadata=_choice(*CHUNK_POLICIES))
+    wire_compression: str = field(default="auto", metadata=_choice("auto", "off"))
+    announce_interval: float = 1.0  # while downloading
+    log_level: str = field(default="info", metadata=_choice("debug", "info", "warning", "error"))
+
+    def validate(self) -> None:
+        _positive(self, "upload_slots", "max_in_flight", "per_source_in_flight", "chunk_timeout",
+                  "peer_attempts", "announce_interval")
+        _hostport(self, "listen")
+        if self.advertise is not None:
+            _hostport(self, "advertise")
+        for t in self.trackers:
+            if not t.startswith(("http://", "https://")):
+                raise ConfigError(f"config key 'trackers': {t!r} is not an http(s) URL")
+
+
+def _positive(cfg: Any, *keys: str) -> None:
+    for k in keys:
+        if getattr(cfg, k) <= 0:
+            raise ConfigError(f"config key {k!r}: must be positive, got {getattr(cfg, k)!r}")
+
+
+def _hostport(cfg: Any, key: str) -> None:
+    value = getattr(cfg, key)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"config key {key!r}: expected HOST:PORT, got {value!r}")
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+C = TypeVar("C", TrackerConfig, PeerConfig)
+
+
+def _coerce(cls: type, f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
+    key = f"config key {f.name!r} (from {source})"
+    hint = typing.get_type_hints(cls)[f.name]
+    args = typing.get_args(hint)
+    optional = isinstance(hint, types.UnionType) and type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    if raw is None or (optional and raw in ("", "none", "null")):
+        if optional:
+            return None
+        raise ConfigError(f"{key}: a value is required")
+    try:
+        if f.metadata.get("size"):
+            value: Any = parse_size(raw)
+        elif base is bool:
+            if isinstance(raw, bool):
+                value = raw
+            elif isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                value = raw.lower() in ("1", "true", "yes", "on")
+            else:
+                raise ValueError(f"expected true or false, got {raw!r}")
+        elif base is int:
+            if isinstance(raw, bool) or not isinstance(raw, int | str):
+                raise ValueError(f"expected an integer, got {raw!r}")
+            value = int(raw)
+        elif base is float:
+            if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+                raise ValueError(f"expected a number, got {raw!r}")
+            value = float(raw)
+        elif typing.get_origin(base) is tuple:
+            if isinstance(raw, str):
+                raw = [s for s in (p.strip() for p in raw.split(",")) if s]
+            if not isinstance(raw, list | tuple) or not all(isinstance(s, str) for s in raw):
+                raise ValueError(f"expected a list of strings, got {raw!r}")
+            value = tuple(raw)
+        else:
+            if not isinstance(raw, str):
+                raise ValueError(f"expected a string, got {raw!r}")
+            value = raw
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from exc
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def load_config(cls: type[C], *, path: str | None = None, env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> C:
+    """Build and validate a config of ``cls`` from a TOML file, environment and overrides."""
+    section = "tracker" if cls is TrackerConfig else "peer"
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        table = doc.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"config file {path}: [{section}] must be a table")
+        for k, v in table.items():
+            if k not in fields:
+                raise ConfigError(f"config key {section}.{k!r} (from {path}): unknown key")
+            values[k] = _coerce(cls, fields[k], v, path)
+    for k, v in (env or {}).items():
+        if not k.startswith("P2PDIST_"):
+            continue
+        name = k[len("P2PDIST_"):].lower()
+        if name in fields:
+            values[name] = _coerce(cls, fields[name], v, f"${k}")
+    for k, v in (overrides or {}).items():
+        if v is None:
+            continue
+        if k not in fields:
+            raise ConfigError(f"config key {k!r}: unknown key")
+        values[k] = _coerce(cls, fields[k], v, "command line")
+    cfg = cls(**values)
+    cfg.validate()
+    return cfg

@@ -1,0 +1,171 @@
+"""The chunk fast path, client side: ``GET /chunks/<blake3>`` over kept-alive raw trio
+sockets, the body read with ``recv_into`` straight into a caller's reused buffer.
+
+httpx tops out near 0.45 GB/s here because it copies every 64 KiB piece; this path does
+no per-piece allocation (``shared/notes/perf-facts.md``). Only our own chunk servers are
+spoken to, so the response parser handles exactly what they send: a status line,
+headers, and a ``Content-Length`` body.
+
+Errors: 404 → :class:`ChunkUnknown`, 503 → :class:`Busy`, a refused or broken
+connection → :class:`Unavailable`; other statuses map back through the error body's code.
+A fetch cancelled midway (a deadline) discards its connection, never reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import trio
+
+from p2pdist.core.errors import Busy, ChunkUnknown, P2PError, Unavailable, error_from_code
+
+MAX_HEAD = 16 * 1024
+MAX_ERROR_BODY = 64 * 1024
+
+
+class _Conn:
+    __slots__ = ("stream", "sock", "pending")
+
+    def __init__(self, stream: trio.SocketStream):
+        self.stream = stream
+        self.sock = stream.socket
+        self.pending = bytearray()  # bytes received past the end of a response head
+
+
+class ChunkClient:
+    def __init__(self, *, headers: dict[str, str] | None = None, connect_timeout: float = 5.0,
+                 max_idle_per_host: int = 8):
+        self._idle: dict[str, list[_Conn]] = defaultdict(list)
+        self._extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self._connect_timeout = connect_timeout
+        self._max_idle = max_idle_per_host
+        self.bytes_received = 0
+
+    async def _connect(self, addr: str) -> _Conn:
+        host, _, port = addr.rpartition(":")
+        host = host.strip("[]")
+        try:
+            with trio.fail_after(self._connect_timeout):
+                stream = await trio.open_tcp_stream(host, int(port))
+        except (OSError, trio.TooSlowError, ValueError) as exc:
+            raise Unavailable(f"cannot connect to peer {addr}: {exc}") from exc
+        return _Conn(stream)
+
+    async def fetch(self, addr: str, name: str, buf: bytearray | memoryview, *,
+                    accept_zstd: bool = False) -> tuple[int, str | None]:
+        """Fetch chunk ``name`` from ``addr`` into ``buf``; return ``(nbytes, content_encoding)``.
+
+        ``buf`` must hold the whole body (a chunk is never bigger than its chunk size, and
+        a zstd body is only sent when smaller). The bytes are NOT verified here."""
+        conns = self._idle[addr]
+        reused = bool(conns)
+        conn = conns.pop() if conns else await self._connect(addr)
+        ok = False
+        try:
+            try:
+                result = await self._exchange(conn, addr, name, buf, accept_zstd)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, _ShortRead) as exc:
+                if not reused:
+                    raise Unavailable(f"peer {addr} broke the connection: {exc}") from exc
+                # a kept-alive connection may have been closed by the server meanwhile: retry once fresh
+                await conn.stream.aclose()
+                conn = await self._connect(addr)
+                try:
+                    result = await self._exchange(conn, addr, name, buf, accept_zstd)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, _ShortRead) as exc2:
+                    raise Unavailable(f"peer {addr} broke the connection: {exc2}") from exc2
+            ok = result[2]
+            return result[0], result[1]
+        finally:
+            if ok and len(self._idle[addr]) < self._max_idle:
+                self._idle[addr].append(conn)
+            else:
+                with trio.CancelScope(shield=True):
+                    await conn.stream.aclose()
+
+    async def _exchange(self, conn: _Conn, addr: str, name: str, buf: bytearray | memoryview,
+                        accept_zstd: bool) -> tuple[int, str | None, bool]:
+        enc = "accept-encoding: zstd\r\n" if accept_zstd else ""
+        req = f"GET /chunks/{name} HTTP/1.1\r\nhost: {addr}\r\n{enc}{self._extra}\r\n".encode()
+        await conn.stream.send_all(req)
+        status, headers = await self._read_head(conn)
+        length_s = headers.get("content-length")
+        if length_s is None or not length_s.isdigit():
+            raise Unavailable(f"peer {addr} sent no Content-Length")
+        length = int(length_s)
+        keep = headers.get("connection", "").lower() != "close"
+        if status != 200:
+            if length > MAX_ERROR_BODY:
+                raise Unavailable(f"peer {addr} sent a {length}-byte error body")
+            body = bytearray(length)
+            await self._read_into(conn, memoryview(body), length)
+            raise self._error(status, bytes(body), addr, name, keep)
+        view = memoryview(buf)
+        if length > len(view):
+            raise Unavailable(f"peer {addr} sent {length} bytes for a chunk of at most {len(view)}")
+        await self._read_into(conn, view, length)
+        self.bytes_received += length
+        return length, headers.get("content-encoding"), keep
+
+    def _error(self, status: int, body: bytes, addr: str, name: str, keep: bool) -> P2PError:
+        try:
+            err = json.loads(body)["errors"][0]
+            code, message = str(err["code"]), str(err["message"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            code, message = "", f"HTTP {status}"
+        if status == 404:
+            exc: P2PError = ChunkUnknown(f"peer {addr} does not hold chunk {name[:16]}…")
+        elif status == 503:
+            exc = Busy(f"peer {addr} is busy: {message}")
+        else:
+            exc = error_from_code(code, f"peer {addr}: {message}", status)
+        exc.reusable = keep  # type: ignore[attr-defined]
+        return exc
+
+    async def _read_head(self, conn: _Conn) -> tuple[int, dict[str, str]]:
+        data = conn.pending
+        while True:
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:
+                break
+            if len(data) > MAX_HEAD:
+                raise Unavailable("response head too large")
+            piece = await conn.stream.receive_some(65536)
+            if not piece:
+                raise _ShortRead("connection closed before the response head")
+            data += piece
+        head = bytes(data[:end]).decode("latin-1")
+        conn.pending = bytearray(data[end + 4:])
+        lines = head.split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[1].isdigit():
+            raise Unavailable(f"malformed status line {lines[0][:100]!r}")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        return int(parts[1]), headers
+
+    async def _read_into(self, conn: _Conn, view: memoryview, length: int) -> None:
+        got = 0
+        if conn.pending:
+            take = min(len(conn.pending), length)
+            view[:take] = conn.pending[:take]
+            del conn.pending[:take]
+            got = take
+        while got < length:
+            n = await conn.sock.recv_into(view[got:length], length - got)
+            if n == 0:
+                raise _ShortRead(f"connection closed after {got} of {length} bytes")
+            got += n
+
+    async def aclose(self) -> None:
+        for conns in self._idle.values():
+            for c in conns:
+                await c.stream.aclose()
+        self._idle.clear()
+
+
+class _ShortRead(Exception):
+    pass

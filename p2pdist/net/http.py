@@ -1,0 +1,402 @@
+"""A small HTTP/1.1 server: h11 pumped over trio sockets, with a sendfile fast path.
+
+Why not hypercorn: the chunk data path needs ``os.sendfile`` on the socket and the
+tracker's announce path needs many small requests per second; both measured several
+times faster on a bare h11 pump (``shared/notes/perf-facts.md``). Control-plane code
+stays simple: a handler is ``async def handler(request) -> Response``.
+
+Contracts:
+- A handler raising :class:`P2PError` is rendered as ``{"errors":[{"code","message"}]}``
+  with the error's status; any other exception becomes a 500 whose body says nothing of
+  the cause (the cause is logged). A malformed request gets a 400 and the connection closes.
+- Request bodies are read on demand with a limit (:meth:`Request.read_body`); header
+  blocks are capped at 16 KiB.
+- A streamed body that fails midway cuts the connection: a client never sees a short body
+  as a complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import h11
+import trio
+
+from p2pdist.core.errors import BadRequest, MethodNotAllowed, NotFound, P2PError, TooLarge
+
+log = logging.getLogger("p2pdist.http")
+
+MAX_HEADER_BYTES = 16 * 1024
+IDLE_TIMEOUT = 120.0
+RECV_SIZE = 256 * 1024
+
+
+class Request:
+    """One parsed request. ``headers`` keeps every header line (names lower-cased)."""
+
+    def __init__(self, method: str, target: str, headers: list[tuple[str, str]],
+                 client: tuple[str, int] | None, conn: _ServerConn | None = None,
+                 body: bytes | None = None):
+        self.method = method
+        self.target = target
+        split = urlsplit(target)
+        self.raw_path = split.path
+        self.path = unquote(split.path)
+        self.query: dict[str, list[str]] = parse_qs(split.query, keep_blank_values=True)
+        self.headers = headers
+        self.client = client
+        self.params: dict[str, str] = {}
+        self._conn = conn
+        self._body = body
+        self._body_consumed = body is not None
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    def header_values(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for k, v in self.headers if k == name]
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else default
+
+    async def read_body(self, limit: int) -> bytes:
+        """The whole request body; :class:`TooLarge` past ``limit`` bytes."""
+        if self._body is not None:
+            if len(self._body) > limit:
+                raise TooLarge(f"request body over {limit} bytes")
+            return self._body
+        length = self.header("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise TooLarge(f"request body of {length} bytes is over the {limit}-byte limit")
+        assert self._conn is not None
+        parts: list[bytes] = []
+        total = 0
+        async for data in self._conn.iter_body():
+            total += len(data)
+            if total > limit:
+                raise TooLarge(f"request body over {limit} bytes")
+            parts.append(data)
+        self._body_consumed = True
+        self._body = b"".join(parts)
+        return self._body
+
+    async def json(self, limit: int = 1024 * 1024) -> Any:
+        body = await self.read_body(limit)
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}", code="BODY_INVALID") from exc
+
+
+@dataclass
+class FileBody:
+    """A body sent with ``os.sendfile`` from ``fd`` (closed after sending)."""
+
+    fd: int
+    offset: int
+    count: int
+    on_done: Callable[[], None] | None = None
+
+
+@dataclass
+class Response:
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes | AsyncIterable[bytes] | FileBody = b""
+    content_length: int | None = None  # for streamed bodies; None = chunked encoding
+    on_close: Callable[[], None] | None = None  # called once the response is over, sent or not
+
+    @classmethod
+    def json(cls, obj: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()) -> Response:
+        body = json.dumps(obj, separators=(",", ":")).encode()
+        return cls(status, [("content-type", "application/json"), *headers], body)
+
+    @classmethod
+    def text(cls, text: str, status: int = 200, content_type: str = "text/plain; charset=utf-8") -> Response:
+        return cls(status, [("content-type", content_type)], text.encode())
+
+
+def error_response(exc: P2PError) -> Response:
+    body = {"errors": [{"code": exc.code, "message": exc.message, "detail": {}}]}
+    extra = getattr(exc, "headers", ())
+    return Response.json(body, exc.status, extra)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Router:
+    """Method + path-pattern routing. Patterns use ``{name}`` for one path segment, or
+    ``{name:.+}`` for a regex of your own."""
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
+
+    def route(self, methods: str | Iterable[str], pattern: str, handler: Handler) -> None:
+        if isinstance(methods, str):
+            methods = [methods]
+        regex = re.sub(r"\{(\w+)(?::([^}]+))?\}", lambda m: f"(?P<{m[1]}>{m[2] or '[^/]+'})", pattern)
+        compiled = re.compile(regex + r"\Z")
+        for existing, table in self._routes:
+            if existing.pattern == compiled.pattern:
+                for m in methods:
+                    table[m] = handler
+                return
+        self._routes.append((compiled, {m: handler for m in methods}))
+
+    async def __call__(self, request: Request) -> Response:
+        for pattern, table in self._routes:
+            m = pattern.match(request.path)
+            if m is None:
+                continue
+            handler = table.get(request.method)
+            if handler is None and request.method == "HEAD":
+                handler = table.get("GET")
+            if handler is None:
+                raise MethodNotAllowed(f"{request.method} is not supported on {request.path}")
+            request.params = m.groupdict()
+            return await handler(request)
+        raise NotFound(f"no such endpoint: {request.path[:200]}")
+
+
+class _Placeholder:
+    """Stands in for a sendfile body in h11's byte accounting (see h11 docs: sendfile)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class _ServerConn:
+    def __init__(self, stream: trio.SocketStream, handler: Handler):
+        self.stream = stream
+        self.handler = handler
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        try:
+            peer = stream.socket.getpeername()
+            self.client: tuple[str, int] | None = (peer[0], peer[1])
+        except OSError:
+            self.client = None
+
+    async def _next_event(self) -> Any:
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                with trio.move_on_after(IDLE_TIMEOUT) as scope:
+                    data = await self.stream.receive_some(RECV_SIZE)
+                if scope.cancelled_caught:
+                    raise _Close()
+                self.conn.receive_data(data)
+                continue
+            return event
+
+    async def iter_body(self) -> AsyncIterable[bytes]:
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return
+            else:
+                raise _Close()
+
+    async def send(self, event: Any) -> None:
+        data = self.conn.send(event)
+        if data:
+            await self.stream.send_all(data)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    event = await self._next_event()
+                except h11.RemoteProtocolError as exc:
+                    await self._send_protocol_error(exc)
+                    return
+                if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                    return
+                if not isinstance(event, h11.Request):
+                    return
+                request = Request(
+                    event.method.decode("ascii", "replace"),
+                    event.target.decode("ascii", "replace"),
+                    [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers],
+                    self.client,
+                    self,
+                )
+                response = await self._dispatch(request)
+                keep = await self._respond(request, response)
+                if not keep or self.conn.our_state is not h11.DONE:
+                    return
+                if not request._body_consumed and self.conn.their_state is not h11.DONE:
+                    # drain a small unread body so the connection can be reused
+                    try:
+                        await request.read_body(64 * 1024)
+                    except (TooLarge, _Close, h11.RemoteProtocolError):
+                        return
+                if self.conn.their_state is not h11.DONE:
+                    return
+                self.conn.start_next_cycle()
+        except (_Close, trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            return
+        finally:
+            with trio.move_on_after(0.5) as scope:
+                scope.shield = True
+                await self.stream.aclose()
+
+    async def _send_protocol_error(self, exc: h11.RemoteProtocolError) -> None:
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        resp = error_response(BadRequest(f"malformed HTTP request: {exc}", code="BAD_REQUEST"))
+        status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
+        body = resp.body if isinstance(resp.body, bytes) else b""
+        try:
+            await self.send(h11.Response(status_code=status, headers=[
+                ("content-type", "application/json"), ("content-length", str(len(body))),
+                ("connection", "close")]))
+            await self.send(h11.Data(data=body))
+            await self.send(h11.EndOfMessage())
+        except (trio.BrokenResourceError, h11.LocalProtocolError):
+            pass
+
+    async def _dispatch(self, request: Request) -> Response:
+        try:
+            return await self.handler(request)
+        except P2PError as exc:
+            return error_response(exc)
+        except _Close:
+            raise
+        except Exception:
+            log.exception("handler failed", extra={"method": request.method, "path": request.path[:200]})
+            return error_response(P2PError("internal error"))
+
+    async def _respond(self, request: Request, response: Response) -> bool:
+        """Send ``response``; return whether the connection may be reused."""
+        try:
+            return await self._respond_inner(request, response)
+        finally:
+            if isinstance(response.body, FileBody) and response.body.fd >= 0:
+                os.close(response.body.fd)
+                response.body.fd = -1
+                if response.body.on_done:
+                    response.body.on_done()
+            if response.on_close is not None:
+                response.on_close()
+
+    async def _respond_inner(self, request: Request, response: Response) -> bool:
+        body = response.body
+        headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
+        if isinstance(body, bytes):
+            length: int | None = len(body)
+        elif isinstance(body, FileBody):
+            length = body.count
+        else:
+            length = response.content_length
+        if length is not None:
+            headers.append(("content-length", str(length)))
+        head = request.method == "HEAD"
+        await self.send(h11.Response(status_code=response.status, headers=headers))
+        if head:
+            if not isinstance(body, bytes | FileBody) and hasattr(body, "aclose"):
+                await body.aclose()  # type: ignore[union-attr]
+            await self.send(h11.EndOfMessage())
+            return True
+        if isinstance(body, bytes):
+            if body:
+                await self.send(h11.Data(data=body))
+        elif isinstance(body, FileBody):
+            for piece in self.conn.send_with_data_passthrough(h11.Data(data=_Placeholder(body.count))) or []:
+                if isinstance(piece, _Placeholder):
+                    await self._sendfile(body)
+                else:
+                    await self.stream.send_all(piece)
+        else:
+            sent = 0
+            try:
+                async for piece in body:
+                    if piece:
+                        sent += len(piece)
+                        await self.send(h11.Data(data=piece))
+            except P2PError as exc:
+                log.warning("streamed body failed after %d bytes: %s", sent, exc)
+                raise _Close() from exc
+        await self.send(h11.EndOfMessage())
+        return True
+
+    async def _sendfile(self, body: FileBody) -> None:
+        sock = self.stream.socket
+        offset, remaining = body.offset, body.count
+        while remaining > 0:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                n = os.sendfile(sock.fileno(), body.fd, offset, min(remaining, 8 * 1024 * 1024))
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            if n == 0:
+                raise _Close()  # the file shrank under us: cut the connection
+            offset += n
+            remaining -= n
+
+
+class _Close(Exception):
+    pass
+
+
+async def serve_http(handler: Handler, host: str, port: int, *,
+                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``handler`` on ``host:port`` (port 0: any free port) until cancelled.
+    ``task_status.started(port)`` reports the bound port."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+
+    async def on_connection(stream: trio.SocketStream) -> None:
+        await _ServerConn(stream, handler).run()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, on_connection, listeners)
+        task_status.started(bound)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """Parse a single ``bytes=a-b`` range into ``(offset, length)``; None without a header.
+
+    Raises :class:`RangeInvalid` for anything unsatisfiable or malformed (multi-ranges
+    are refused too: nobody in this field sends them)."""
+    from p2pdist.core.errors import RangeInvalid
+
+    if header is None:
+        return None
+    m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header)
+    if not m or (m[1] == "" and m[2] == ""):
+        raise RangeInvalid(f"unsupported Range {header[:100]!r}: expected bytes=START-END")
+    if m[1] == "":
+        n = int(m[2])
+        if n == 0:
+            raise RangeInvalid("empty suffix range")
+        start = max(0, size - n)
+        end = size - 1
+    else:
+        start = int(m[1])
+        end = int(m[2]) if m[2] else size - 1
+        end = min(end, size - 1)
+    if start >= size or end < start:
+        err = RangeInvalid(f"range {header[:100]!r} is outside a blob of {size} bytes")
+        err.headers = [("content-range", f"bytes */{size}")]  # type: ignore[attr-defined]
+        raise err
+    return start, end - start + 1

@@ -1,0 +1,546 @@
+"""One blob's download on one peer: the pump around :class:`engine.download.DownloadState`.
+
+Where the chunk map comes from, in order:
+1. the peer's own store (a sealed map whose chunks are all held: nothing to do);
+2. a tracker (register, then follow the growing map by long poll — cut-through);
+3. ``--node`` peers that hold the sealed map (``GET /maps/<task>``);
+4. the origin itself, seeded locally (no tracker reachable, no node knows the task):
+   the peer then checks the whole sha256 itself.
+
+Every chunk fetched from a peer or the origin is checked against its BLAKE3 before it is
+stored; a blob is complete only when its map is sealed (sha256 checked, here or by the
+tracker) and every chunk is held. Readers stream chunks in order as they land
+(:meth:`Download.iter_bytes`); the last chunk is released only once the map is sealed, so
+a reader never receives a whole blob that later fails its digest.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+import zstandard
+
+from p2pdist.backend.origin import Origin
+from p2pdist.backend.seed import blake3_hex, seed_from_origin
+from p2pdist.core.chunkmap import ChunkMap, chunk_count, chunk_span
+from p2pdist.core.config import PeerConfig
+from p2pdist.core.digest import Digest
+from p2pdist.core.errors import (
+    Busy,
+    ChunkUnknown,
+    IntegrityError,
+    OriginError,
+    P2PError,
+    TaskFailed,
+    TaskUnknown,
+    Unavailable,
+    error_from_code,
+)
+from p2pdist.core.task import TaskSpec
+from p2pdist.engine.download import Done, DownloadState, Expired, Fetch, FetchOrigin, Source
+from p2pdist.net.chunkclient import ChunkClient
+from p2pdist.net.observe import Metrics
+from p2pdist.peer.trackerclient import TrackerClient
+from p2pdist.storage.chunkstore import ChunkStore
+from p2pdist.wire.tracker import MapProgress, Neighbour, decode_have
+
+log = logging.getLogger("p2pdist.download")
+
+
+@dataclass
+class DownloadStats:
+    bytes_from_peers: int = 0
+    bytes_from_origin: int = 0
+    chunks_from_peers: int = 0
+    chunks_from_origin: int = 0
+    chunks_reused: int = 0
+    corrupt: int = 0
+    bad_sources: dict[str, int] = field(default_factory=dict)
+
+
+class BufferPool:
+    """Reused chunk buffers: the peer's memory for transfers is ``count × chunk_size``."""
+
+    def __init__(self, count: int):
+        self._free: list[bytearray] = []
+        self._sem = trio.Semaphore(count)
+
+    async def get(self, size: int) -> bytearray:
+        await self._sem.acquire()
+        while self._free:
+            buf = self._free.pop()
+            if len(buf) >= size:
+                return buf
+        return bytearray(size)
+
+    def put(self, buf: bytearray) -> None:
+        self._free.append(buf)
+        self._sem.release()
+
+
+@dataclass
+class Env:
+    """What every download of one peer shares."""
+
+    config: PeerConfig
+    store: ChunkStore
+    origin: Origin
+    chunks: ChunkClient
+    trackers: TrackerClient | None
+    metrics: Metrics
+    buffers: BufferPool
+    limiter: trio.CapacityLimiter
+    request_announce: Callable[[], None]
+    peer_id: str
+    rng: random.Random
+    clock: Callable[[], float] = time.monotonic
+
+
+class Download:
+    def __init__(self, env: Env, spec: TaskSpec, *, nodes: Sequence[str] = ()):
+        self.env = env
+        self.spec = spec
+        self.task_id = spec.task_id
+        self.nodes = list(nodes)
+        self.size: int | None = None
+        self.chunk_size: int | None = None
+        self.hashes: list[str] = []
+        self.total: int | None = None
+        self.sealed: ChunkMap | None = None
+        self.held: set[int] = set()
+        self.error: P2PError | None = None
+        self.finished = trio.Event()
+        self.stats = DownloadStats()
+        self.mode = "starting"
+        self.started = env.clock()
+        self.ended: float | None = None
+        self._changed = trio.Event()
+        self._neighbours: list[Source] | None = None
+        self._events_send, self._events_recv = trio.open_memory_channel[Any](1000)
+
+    # -- what readers and announcers see ----------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        return self.sealed is not None and self.finished.is_set() and self.error is None
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    def on_neighbours(self, neighbours: Sequence[Neighbour]) -> None:
+        srcs = []
+        for n in neighbours:
+            if n.peer_id == self.env.peer_id:
+                continue
+            have = decode_have(n.have, self.total)
+            srcs.append(Source(n.peer_id, n.addr, frozenset(have) if have is not None else None))
+        self._neighbours = srcs
+        self._events_send.send_nowait(("sources", srcs))
+        self._notify()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id, "url": self.spec.url,
+            "digest": str(self.sealed.digest) if self.sealed else (str(self.spec.digest) if self.spec.digest else None),
+            "size": self.size, "chunks_total": self.total, "chunks_held": len(self.held),
+            "state": "failed" if self.error else "complete" if self.complete else "running",
+            "error": {"code": self.error.code, "message": self.error.message} if self.error else None,
+            "mode": self.mode,
+            "bytes_from_peers": self.stats.bytes_from_peers, "bytes_from_origin": self.stats.bytes_from_origin,
+            "chunks_reused": self.stats.chunks_reused, "corrupt_chunks": self.stats.corrupt,
+            "bad_sources": dict(self.stats.bad_sources),
+            "seconds": round((self.ended or self.env.clock()) - self.started, 3),
+        }
+
+    async def wait(self) -> ChunkMap:
+        """Wait for the end; return the sealed map, or raise the download's error."""
+        await self.finished.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.sealed is not None
+        return self.sealed
+
+    async def iter_bytes(self, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """The blob's bytes from ``offset``, in order, as chunks land. Raises the
+        download's error if it fails midway (the server then cuts the connection)."""
+        while self.chunk_size is None or (self.size is None and self.sealed is None):
+            if self.error is not None:
+                raise self.error
+            if self.finished.is_set():
+                break
+            await self.wait_changed()
+        size = self.sealed.size if self.sealed else self.size
+        assert size is not None and self.chunk_size is not None
+        end = size if length is None else min(size, offset + length)
+        cs = self.chunk_size
+        index = offset // cs
+        pos = offset
+        while pos < end:
+            last = chunk_span(index, size, cs)[0] + cs >= size
+            while not (index in self.held and (not last or self.sealed is not None)):
+                if self.error is not None:
+                    raise self.error
+                await self.wait_changed()
+            name = self.hashes[index]
+            with self.env.store.pinned([name]):
+                data = await self.env.store.read(name)
+            start = pos - index * cs
+            stop = min(len(data), end - index * cs)
+            yield data[start:stop]
+            pos = index * cs + stop
+            index += 1
+
+    # -- the run ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        env = self.env
+        env.metrics.active_tasks.inc()
+        try:
+            cmap = await env.store.complete_map(self.task_id)
+            if cmap is not None:
+                self.mode = "cached"
+                self._adopt_map(cmap)
+                self.stats.chunks_reused = cmap.n_chunks
+                return
+            if env.trackers is not None:
+                try:
+                    await env.trackers.register(self.spec)
+                except Unavailable as exc:
+                    log.warning("task %s: %s; going on without a tracker", self.task_id, exc)
+                else:
+                    self.mode = "swarm"
+                    if await self._run_swarm():
+                        return
+            if self.nodes:
+                cmap = await self._map_from_nodes()
+                if cmap is not None:
+                    self.mode = "nodes"
+                    self._adopt_map(cmap, sealed=False)
+                    sources = [Source(f"node:{a}", a, None) for a in self.nodes]
+                    await self._schedule(sources_fixed=sources)
+                    await self._seal(cmap)
+                    return
+            self.mode = "origin"
+            await self._seed_locally()
+        except P2PError as exc:
+            self.error = exc
+            log.warning("task %s failed: %s", self.task_id, exc)
+        finally:
+            self.ended = env.clock()
+            env.metrics.active_tasks.dec()
+            env.store.unpin(self.hashes)
+            self.finished.set()
+            self._notify()
+            env.request_announce()
+
+    def _adopt_map(self, cmap: ChunkMap, *, sealed: bool = True) -> None:
+        self.size, self.chunk_size, self.total = cmap.size, cmap.chunk_size, cmap.n_chunks
+        new = list(cmap.chunks[len(self.hashes):])
+        self.hashes = list(cmap.chunks)
+        self.env.store.pin(new)
+        self.held |= {i for i, h in enumerate(cmap.chunks) if self.env.store.has(h)}
+        if sealed:
+            self.sealed = cmap
+        self._notify()
+
+    async def _seal(self, cmap: ChunkMap) -> None:
+        await self.env.store.save_map(self.task_id, cmap)
+        self.sealed = cmap
+        self._notify()
+
+    async def _map_from_nodes(self) -> ChunkMap | None:
+        import httpx
+
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            for addr in self.nodes:
+                try:
+                    r = await client.get(f"http://{addr}/maps/{self.task_id}")
+                except httpx.HTTPError:
+                    continue
+                if r.status_code == 200:
+                    try:
+                        cmap = ChunkMap.from_json(r.content)
+                    except P2PError:
+                        continue
+                    if self.spec.digest is None or cmap.digest == self.spec.digest:
+                        return cmap
+        return None
+
+    async def _seed_locally(self) -> None:
+        """No swarm: stream the origin ourselves, hashing every chunk and the whole sha256."""
+        env = self.env
+
+        def on_start(size: int | None, chunk_size: int) -> None:
+            self.size, self.chunk_size = size, chunk_size
+            self.total = chunk_count(size, chunk_size) if size is not None else None
+            self.hashes = []
+            self._notify()
+
+        def on_chunk(index: int, name: str, length: int) -> None:
+            self.hashes.append(name)
+            env.store.pin([name])
+            self.held.add(index)
+            self.stats.bytes_from_origin += length
+            env.metrics.bytes_from_origin.inc(length)
+            self._notify()
+
+        cmap = await seed_from_origin(env.origin, self.spec, env.store, on_start=on_start,
+                                      on_chunk=on_chunk, limiter=env.limiter)
+        self.total = cmap.n_chunks
+        await self._seal(cmap)
+
+    async def _run_swarm(self) -> bool:
+        """Download through the tracker's swarm. Returns False if the tracker was lost before
+        the map was sealed (the caller then seeds from the origin itself)."""
+        assert self.env.trackers is not None
+        lost = False
+        async with trio.open_nursery() as nursery:
+            map_done = trio.Event()
+
+            async def follow() -> None:
+                nonlocal lost
+                try:
+                    await self._follow_map()
+                except Unavailable as exc:
+                    if self.sealed is None:
+                        log.warning("task %s: tracker lost before the map was sealed: %s", self.task_id, exc)
+                        lost = True
+                        nursery.cancel_scope.cancel()
+                    return
+                finally:
+                    map_done.set()
+
+            nursery.start_soon(follow)
+            self.env.request_announce()
+            await self._schedule()
+            await map_done.wait()
+        if lost:
+            return False
+        assert self.sealed is not None
+        await self._seal(self.sealed)
+        return True
+
+    async def _follow_map(self) -> None:
+        assert self.env.trackers is not None
+        while self.sealed is None:
+            prog: MapProgress = await self.env.trackers.map_progress(self.task_id, len(self.hashes), 20)
+            if prog.error is not None:
+                code = prog.error["code"]
+                raise error_from_code(code, f"task failed at the tracker: {prog.error['message']}",
+                                      422 if code in ("DIGEST_MISMATCH", "TASK_FAILED") else 502)
+            if prog.offset != len(self.hashes):
+                if prog.offset < len(self.hashes):
+                    self.hashes = self.hashes[:prog.offset]  # the tracker re-seeded: trust its list
+                else:
+                    continue
+            self.size, self.chunk_size = prog.size, prog.chunk_size
+            self.total = prog.total
+            new = list(prog.chunks)
+            self.hashes.extend(new)
+            self.env.store.pin(new)
+            for i in range(len(self.hashes) - len(new), len(self.hashes)):
+                if self.env.store.has(self.hashes[i]) and i not in self.held:
+                    self.held.add(i)
+                    self.stats.chunks_reused += 1
+            if prog.sealed:
+                assert prog.digest is not None and prog.size is not None and prog.chunk_size is not None
+                digest = Digest.parse(prog.digest)
+                if self.spec.digest is not None and digest != self.spec.digest:
+                    raise IntegrityError(f"tracker sealed {digest}, expected {self.spec.digest}")
+                self.sealed = ChunkMap(digest, prog.size, prog.chunk_size, tuple(self.hashes))
+            self._events_send.send_nowait(("map", None))
+            self._notify()
+
+    async def _schedule(self, sources_fixed: Sequence[Source] | None = None) -> None:
+        """Drive the state machine until every chunk is held."""
+        env, cfg = self.env, self.env.config
+        state = DownloadState(
+            n_known=len(self.hashes), total=self.total, have=set(self.held),
+            policy=cfg.chunk_policy, max_in_flight=cfg.max_in_flight,
+            per_source_in_flight=cfg.per_source_in_flight, chunk_timeout=cfg.chunk_timeout,
+            peer_attempts=cfg.peer_attempts, origin_fallback=cfg.back_to_source,
+            rng=env.rng)
+        in_flight: dict[int, trio.CancelScope] = {}
+        if sources_fixed is None and self._neighbours is None:
+            # Before the tracker's first answer there are no sources, and the engine would
+            # (rightly, for a peer with none) send everything to the origin: wait for it.
+            with trio.move_on_after(cfg.chunk_timeout):
+                while self._neighbours is None:
+                    await self.wait_changed()
+        async with trio.open_nursery() as nursery:
+            now = env.clock()
+            # sources before the map: with a map and no sources the engine goes to the origin
+            actions = state.set_sources(sources_fixed if sources_fixed is not None else self._neighbours or [], now)
+            actions += state.map_grew(len(self.hashes), self.total, now)
+            while True:
+                for act in actions:
+                    if isinstance(act, Done):
+                        nursery.cancel_scope.cancel()
+                        return
+                    if isinstance(act, Fetch):
+                        scope = trio.CancelScope()
+                        in_flight[act.index] = scope
+                        nursery.start_soon(self._fetch_peer, act, scope)
+                    elif isinstance(act, FetchOrigin):
+                        scope = trio.CancelScope()
+                        in_flight[act.index] = scope
+                        nursery.start_soon(self._fetch_origin, act.index, scope)
+                    elif isinstance(act, Expired):
+                        sc = in_flight.get(act.index)
+                        if sc is not None:
+                            sc.cancel()
+                if self.error is not None:
+                    raise self.error
+                deadline = state.next_deadline()
+                timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - env.clock()))
+                event = None
+                with trio.move_on_after(timeout):
+                    event = await self._events_recv.receive()
+                now = env.clock()
+                actions = []
+                if event is None:
+                    actions = state.tick(now)
+                    continue
+                kind, payload = event
+                if kind == "map":
+                    actions = state.map_grew(len(self.hashes), self.total, now)
+                elif kind == "sources":
+                    if sources_fixed is None:
+                        actions = state.set_sources(payload, now)
+                elif kind == "ok":
+                    index, source = payload
+                    in_flight.pop(index, None)
+                    actions = state.chunk_ok(index, source, now)
+                elif kind == "failed":
+                    index, source, reason, exc = payload
+                    in_flight.pop(index, None)
+                    if source is None and isinstance(exc, P2PError) and _fatal_origin(exc, state):
+                        raise exc
+                    actions = state.chunk_failed(index, source, reason, now)
+                    if reason == "corrupt":
+                        self.stats.corrupt += 1
+                        self.stats.bad_sources = dict(state.bad_sources)
+                actions += state.tick(now)
+
+    def _expected_len(self, index: int) -> int:
+        assert self.chunk_size is not None
+        if self.size is None:
+            return self.chunk_size
+        return chunk_span(index, self.size, self.chunk_size)[1]
+
+    async def _verify_and_store(self, index: int, buf: bytearray, n: int, encoding: str | None) -> int:
+        name = self.hashes[index]
+        expected = self._expected_len(index)
+
+        def verify() -> memoryview:
+            view = memoryview(buf)[:n]
+            if encoding == "zstd":
+                declared = zstandard.frame_content_size(view)
+                if declared < 0 or declared > expected:
+                    raise IntegrityError(f"compressed chunk {name[:16]}… declares {declared} bytes, expected {expected}")
+                view = memoryview(zstandard.ZstdDecompressor().decompress(view, max_output_size=expected))
+            elif encoding not in (None, "identity"):
+                raise IntegrityError(f"unknown content-encoding {encoding!r}")
+            if len(view) != expected or blake3_hex(view) != name:
+                raise IntegrityError(f"chunk {index} ({name[:16]}…) failed BLAKE3 verification")
+            return view
+
+        view = await trio.to_thread.run_sync(verify, limiter=self.env.limiter)
+        await self.env.store.put_verified(name, view)
+        return len(view)
+
+    async def _fetch_peer(self, act: Fetch, scope: trio.CancelScope) -> None:
+        env = self.env
+        expected = self._expected_len(act.index)
+        buf = await env.buffers.get(max(expected, 1))
+        result: tuple[str, Any]
+        try:
+            with scope:
+                try:
+                    n, enc = await env.chunks.fetch(
+                        act.addr, self.hashes[act.index], memoryview(buf)[:expected],
+                        accept_zstd=env.config.wire_compression == "auto")
+                    got = await self._verify_and_store(act.index, buf, n, enc)
+                except IntegrityError as exc:
+                    result = ("failed", (act.index, act.peer_id, "corrupt", exc))
+                    env.metrics.chunks_failed.labels("corrupt").inc()
+                    log.warning("task %s: peer %s served a corrupt chunk %d: dropped", self.task_id, act.peer_id, act.index)
+                except ChunkUnknown as exc:
+                    result = ("failed", (act.index, act.peer_id, "missing", exc))
+                except Busy as exc:
+                    result = ("failed", (act.index, act.peer_id, "busy", exc))
+                except P2PError as exc:
+                    result = ("failed", (act.index, act.peer_id, "error", exc))
+                    env.metrics.chunks_failed.labels("error").inc()
+                else:
+                    self.held.add(act.index)
+                    self.stats.bytes_from_peers += got
+                    self.stats.chunks_from_peers += 1
+                    env.metrics.bytes_from_peers.inc(got)
+                    env.metrics.chunks_verified.inc()
+                    result = ("ok", (act.index, act.peer_id))
+                    self._notify()
+                    env.request_announce()
+            if scope.cancelled_caught:
+                result = ("failed", (act.index, act.peer_id, "timeout", None))
+                env.metrics.chunks_failed.labels("timeout").inc()
+        finally:
+            env.buffers.put(buf)
+        self._events_send.send_nowait(result)
+
+    async def _fetch_origin(self, index: int, scope: trio.CancelScope) -> None:
+        env = self.env
+        expected = self._expected_len(index)
+        offset = index * (self.chunk_size or 0)
+        buf = await env.buffers.get(max(expected, 1))
+        result: tuple[str, Any]
+        try:
+            with scope:
+                try:
+                    n = 0
+                    async with env.origin.open(self.spec, offset, expected) as stream:
+                        async for piece in stream:
+                            if n + len(piece) > expected:
+                                raise OriginError(f"origin {self.spec.url} sent more than the {expected}-byte range")
+                            buf[n:n + len(piece)] = piece
+                            n += len(piece)
+                    self.stats.bytes_from_origin += n
+                    env.metrics.bytes_from_origin.inc(n)
+                    await self._verify_and_store(index, buf, n, None)
+                except P2PError as exc:
+                    result = ("failed", (index, None, "error", exc))
+                    env.metrics.chunks_failed.labels("origin").inc()
+                else:
+                    self.held.add(index)
+                    self.stats.chunks_from_origin += 1
+                    env.metrics.back_to_source.inc()
+                    env.metrics.chunks_verified.inc()
+                    result = ("ok", (index, None))
+                    self._notify()
+                    env.request_announce()
+            if scope.cancelled_caught:
+                result = ("failed", (index, None, "timeout", None))
+        finally:
+            env.buffers.put(buf)
+        self._events_send.send_nowait(result)
+
+
+def _fatal_origin(exc: P2PError, state: DownloadState) -> bool:
+    """An origin that refuses (4xx) or keeps failing ends the download: the engine itself
+    never gives up, so the driver decides."""
+    if isinstance(exc, IntegrityError):
+        return state.stats.origin_failures >= 3
+    if isinstance(exc, TaskUnknown | TaskFailed):
+        return True
+    return state.stats.origin_failures >= 5
+

@@ -1,0 +1,240 @@
+"""The peer daemon: chunk server, download engine, local API.
+
+HTTP surface (one port):
+
+    GET  /chunks/<blake3>        chunk fast path (sendfile; 404 absent; 503 slots full)
+    GET  /maps/<task>            a sealed chunk map this peer holds completely
+    POST /api/v1/fetch           {url, digest?, headers?, nodes?} -> the blob's bytes, in
+                                 order, streamed as chunks land (the CLI's daemon path)
+    POST /api/v1/tasks           {url, digest?, headers?} -> start a download, return at once
+    GET  /api/v1/tasks/<task>    a download's progress and where its bytes came from
+    GET  /api/v1/status          this peer: id, version, tasks
+    GET  /healthz /readyz /metrics
+
+Composition root: :func:`serve`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import socket
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import trio
+
+from p2pdist import __version__
+from p2pdist.backend.origin import HttpOrigin, Origin
+from p2pdist.core.config import PeerConfig, split_hostport
+from p2pdist.core.errors import BadRequest, BlobUnknown, P2PError, TaskUnknown, Unavailable
+from p2pdist.core.task import TaskSpec
+from p2pdist.net.chunkclient import ChunkClient
+from p2pdist.net.chunkserver import UploadSlots, make_chunk_handler
+from p2pdist.net.http import Request, Response, Router, serve_http
+from p2pdist.net.observe import Metrics, add_health_routes
+from p2pdist.peer.download import BufferPool, Download, Env
+from p2pdist.peer.trackerclient import TrackerClient
+from p2pdist.storage.chunkstore import ChunkStore
+from p2pdist.wire.tracker import Announce, TaskHave, decode_register, encode_have, parse_task_id
+
+log = logging.getLogger("p2pdist.peer")
+
+MIN_ANNOUNCE_GAP = 0.2
+_NODE = r"[A-Za-z0-9.\-\[\]:]{1,300}"
+
+
+class Peer:
+    def __init__(self, config: PeerConfig, store: ChunkStore, origin: Origin, *,
+                 advertise: str, metrics: Metrics, rng: random.Random | None = None):
+        self.config = config
+        self.store = store
+        self.advertise = advertise
+        self.metrics = metrics
+        self.peer_id = config.peer_id or f"{socket.gethostname()}-{secrets.token_hex(4)}"
+        self.downloads: dict[str, Download] = {}
+        self.slots = UploadSlots(config.upload_slots)
+        self._announce_now = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.trackers = TrackerClient(config.trackers) if config.trackers else None
+        self.env = Env(
+            config=config, store=store, origin=origin, chunks=ChunkClient(),
+            trackers=self.trackers, metrics=metrics,
+            buffers=BufferPool(config.max_in_flight + 2), limiter=trio.CapacityLimiter(4),
+            request_announce=self._announce_now.set, peer_id=self.peer_id,
+            rng=rng or random.Random())
+
+    # -- downloads ------------------------------------------------------------------------
+
+    def start_download(self, spec: TaskSpec, *, nodes: Sequence[str] = ()) -> Download:
+        """Single flight per task: join the running (or completed) download, or start one."""
+        d = self.downloads.get(spec.task_id)
+        if d is not None and d.error is None:
+            return d
+        d = Download(self.env, spec, nodes=nodes)
+        self.downloads[spec.task_id] = d
+        assert self._nursery is not None
+        self._nursery.start_soon(d.run)
+        return d
+
+    async def announcer(self) -> None:
+        """One loop announces every task this peer takes part in (batched), fast while a
+        download runs, and hands each download its neighbours."""
+        assert self.trackers is not None
+        interval = 5.0
+        while True:
+            self._announce_now = trio.Event()
+            self.env.request_announce = self._announce_now.set
+            tasks = [TaskHave(d.task_id, encode_have(d.held, d.complete), d.complete)
+                     for d in self.downloads.values() if d.error is None and d.mode in ("swarm", "cached", "nodes", "origin")
+                     and (d.hashes or d.complete)]
+            running = any(not d.finished.is_set() for d in self.downloads.values())
+            waiting = [d for d in self.downloads.values() if d.mode == "swarm" and not d.finished.is_set()]
+            for d in waiting:
+                if not any(t.task_id == d.task_id for t in tasks):
+                    tasks.append(TaskHave(d.task_id, "", False))
+            if tasks:
+                try:
+                    reply = await self.trackers.announce(Announce(self.peer_id, self.advertise, self.config.zone, tuple(tasks)))
+                except P2PError as exc:
+                    log.warning("announce failed: %s", exc)
+                else:
+                    interval = reply.interval
+                    for tid, ns in reply.neighbours.items():
+                        d = self.downloads.get(tid)
+                        if d is not None and not d.finished.is_set():
+                            d.on_neighbours(ns)
+            wait = self.config.announce_interval if running else interval
+            with trio.move_on_after(wait):
+                await self._announce_now.wait()
+            await trio.sleep(MIN_ANNOUNCE_GAP)
+
+    def status(self) -> dict[str, Any]:
+        stats = self.store.statistics()
+        return {"service": "peer", "peer_id": self.peer_id, "version": __version__,
+                "addr": self.advertise, "zone": self.config.zone,
+                "store": {"chunks": stats.chunks, "used": stats.used, "capacity": stats.capacity},
+                "upload_slots": {"in_use": self.slots.in_use, "total": self.slots.slots},
+                "tasks": [d.summary() for d in self.downloads.values()]}
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    def router(self) -> Router:
+        r = Router()
+
+        def spec_and_nodes(body: Any) -> tuple[TaskSpec, list[str]]:
+            spec = decode_register(body)
+            nodes = body.get("nodes", []) if isinstance(body, dict) else []
+            if not isinstance(nodes, list) or len(nodes) > 64 or not all(
+                    isinstance(n, str) and _valid_node(n) for n in nodes):
+                raise BadRequest("nodes must be a list of at most 64 HOST:PORT strings", code="BODY_INVALID")
+            return spec, nodes
+
+        async def fetch(request: Request) -> Response:
+            spec, nodes = spec_and_nodes(await request.json(64 * 1024))
+            d = self.start_download(spec, nodes=nodes)
+            while d.size is None and d.sealed is None:
+                if d.error is not None:
+                    raise d.error
+                if d.finished.is_set():
+                    break
+                await d.wait_changed()
+            size = d.sealed.size if d.sealed else d.size
+            return Response(200, [("content-type", "application/octet-stream"),
+                                  ("x-p2pdist-task-id", d.task_id)],
+                            _guarded(d.iter_bytes()), content_length=size)
+
+        async def start(request: Request) -> Response:
+            spec, nodes = spec_and_nodes(await request.json(64 * 1024))
+            return Response.json(self.start_download(spec, nodes=nodes).summary(), 202)
+
+        async def task(request: Request) -> Response:
+            d = self.downloads.get(parse_task_id(request.params["task_id"]))
+            if d is None:
+                raise TaskUnknown(f"this peer has no task {request.params['task_id']}")
+            return Response.json(d.summary())
+
+        async def get_map(request: Request) -> Response:
+            task_id = parse_task_id(request.params["task_id"])
+            cmap = await self.store.complete_map(task_id)
+            if cmap is None:
+                raise BlobUnknown(f"this peer holds no complete blob for task {task_id}")
+            return Response(200, [("content-type", "application/json")], cmap.to_json())
+
+        async def status(request: Request) -> Response:
+            return Response.json(self.status())
+
+        r.route("GET", "/chunks/{name}", make_chunk_handler(
+            self.store, self.slots, compression=self.config.wire_compression == "auto",
+            on_served=self.metrics.bytes_served.inc))
+        r.route("GET", "/maps/{task_id}", get_map)
+        r.route("POST", "/api/v1/fetch", fetch)
+        r.route("POST", "/api/v1/tasks", start)
+        r.route("GET", "/api/v1/tasks/{task_id}", task)
+        r.route("GET", "/api/v1/status", status)
+
+        async def ready() -> str | None:
+            try:
+                await trio.Path(self.store.root, "tmp").stat()
+            except OSError as exc:
+                return f"store not usable: {exc.strerror}"
+            if self.trackers is None or self.config.back_to_source:
+                return None
+            try:
+                await self.trackers.status()
+            except Unavailable:
+                return "no tracker reachable and back_to_source is off"
+            return None
+
+        add_health_routes(r, self.metrics, ready)
+        return r
+
+
+def _valid_node(n: str) -> bool:
+    import re
+
+    return re.fullmatch(_NODE, n) is not None and n.rpartition(":")[2].isdigit()
+
+
+async def _guarded(it: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async for piece in it:
+        yield piece
+
+
+def advertise_addr(listen: str, port: int, configured: str | None) -> str:
+    if configured:
+        return configured
+    host, _ = split_hostport(listen)
+    if host in ("0.0.0.0", "::", ""):
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+async def serve(config: PeerConfig, *, origin: Origin | None = None,
+                task_status: trio.TaskStatus[Peer] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a peer until cancelled; ``task_status.started(peer)`` once it listens."""
+    store = await ChunkStore.open(config.data_dir, capacity=config.capacity)
+    own_origin = origin is None
+    origin = origin or HttpOrigin()
+    host, port = split_hostport(config.listen)
+    peer = Peer(config, store, origin, advertise="", metrics=Metrics("peer"))
+    try:
+        async with trio.open_nursery() as nursery:
+            peer._nursery = nursery
+            bound = await nursery.start(serve_http, peer.router(), host, port)
+            peer.advertise = advertise_addr(config.listen, bound, config.advertise)
+            if peer.trackers is not None:
+                nursery.start_soon(peer.announcer)
+            log.info("peer %s listening on %s (advertised as %s)", peer.peer_id, config.listen, peer.advertise)
+            task_status.started(peer)
+    finally:
+        with trio.CancelScope(shield=True):
+            await peer.env.chunks.aclose()
+            if peer.trackers is not None:
+                await peer.trackers.aclose()
+            if own_origin:
+                await origin.aclose()  # type: ignore[attr-defined]

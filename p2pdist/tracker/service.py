@@ -1,0 +1,320 @@
+"""The tracker: owns each task's chunk map, seeds it from the origin once, hands out
+neighbours, and serves chunks itself as the first seed.
+
+State is soft: tasks and peers live in memory and are rebuilt from registrations and
+announces after a restart; sealed maps and chunks persist in the tracker's store, so a
+restarted tracker re-serves a sealed blob without going back to the origin.
+
+Composition root: :func:`serve`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from p2pdist import __version__
+from p2pdist.backend.origin import HttpOrigin, Origin
+from p2pdist.backend.seed import seed_from_origin
+from p2pdist.core.chunkmap import ChunkMap, chunk_count
+from p2pdist.core.config import TrackerConfig, split_hostport
+from p2pdist.core.errors import P2PError, TaskFailed, TaskUnknown
+from p2pdist.core.task import TaskSpec
+from p2pdist.engine.neighbours import NeighbourPolicy, PeerEntry, TaskPeers, choose_neighbours
+from p2pdist.net.chunkserver import UploadSlots, make_chunk_handler
+from p2pdist.net.http import Request, Response, Router, serve_http
+from p2pdist.net.observe import Metrics, add_health_routes
+from p2pdist.storage.chunkstore import ChunkStore
+from p2pdist.wire.tracker import (
+    MAX_ANNOUNCE_BYTES,
+    Announce,
+    AnnounceReply,
+    MapProgress,
+    Neighbour,
+    decode_announce,
+    decode_have,
+    decode_register,
+    encode_have,
+    parse_task_id,
+)
+
+log = logging.getLogger("p2pdist.tracker")
+
+SEED_ID = "tracker"
+MAX_WAIT = 30.0
+
+
+@dataclass
+class TrackerTask:
+    task_id: str
+    spec: TaskSpec | None  # None: known only from announces (after a tracker restart)
+    peers: TaskPeers
+    chunk_size: int | None = None
+    size: int | None = None
+    chunks: list[str] = field(default_factory=list)
+    sealed: ChunkMap | None = None
+    error: P2PError | None = None
+    seeding: bool = False
+    origin_bytes: int = 0
+    created: float = 0.0
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    @property
+    def total(self) -> int | None:
+        if self.sealed is not None:
+            return self.sealed.n_chunks
+        if self.size is not None and self.chunk_size:
+            return chunk_count(self.size, self.chunk_size)
+        return None
+
+    def progress(self, offset: int) -> MapProgress:
+        err = {"code": self.error.code, "message": self.error.message} if self.error else None
+        return MapProgress(self.task_id, self.chunk_size, self.size, offset,
+                           tuple(self.chunks[offset:]), self.total, self.sealed is not None,
+                           str(self.sealed.digest) if self.sealed else None, err)
+
+
+class Tracker:
+    def __init__(self, config: TrackerConfig, store: ChunkStore, origin: Origin, *,
+                 advertise: str, metrics: Metrics, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.store = store
+        self.origin = origin
+        self.advertise = advertise
+        self.metrics = metrics
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.tasks: dict[str, TrackerTask] = {}
+        self.policy = NeighbourPolicy(config.topology, fanout=config.fanout, swarm_size=config.swarm_size)
+        self.peer_seen: dict[str, tuple[str, str, float]] = {}  # peer_id -> (addr, zone, last_seen)
+        self._nursery: trio.Nursery | None = None
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    def _task(self, task_id: str) -> TrackerTask:
+        task = self.tasks.get(task_id)
+        if task is None:
+            task = TrackerTask(task_id, None, TaskPeers(self.config.peer_ttl), created=self.clock())
+            self.tasks[task_id] = task
+        return task
+
+    async def register(self, spec: TaskSpec) -> TrackerTask:
+        """Single flight: the first registration of a task starts its seeding; later ones
+        join it. A failed task is retried by the next registration."""
+        task = self._task(spec.task_id)
+        if task.spec is None or task.error is not None:
+            task.spec = spec
+        if task.sealed is not None or task.seeding:
+            return task
+        task.error = None
+        task.seeding = True  # before any await: concurrent registrations must not start a second fetch
+        existing = await self.store.complete_map(task.task_id)
+        if existing is not None:
+            self._adopt(task, existing)
+            task.seeding = False
+            return task
+        task.chunks.clear()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._seed, task)
+        return task
+
+    def _adopt(self, task: TrackerTask, cmap: ChunkMap) -> None:
+        task.sealed, task.size, task.chunk_size = cmap, cmap.size, cmap.chunk_size
+        task.chunks = list(cmap.chunks)
+        self._seed_entry(task).have = set(range(cmap.n_chunks))
+        task.notify()
+
+    def _seed_entry(self, task: TrackerTask) -> PeerEntry:
+        entry = task.peers.peers.get(SEED_ID)
+        if entry is None:
+            entry = task.peers.upsert(SEED_ID, self.advertise, "", set(), False, self.clock())
+            entry.seed = True
+        return entry
+
+    async def _seed(self, task: TrackerTask) -> None:
+        assert task.spec is not None
+        seed = self._seed_entry(task)
+        self.metrics.active_tasks.inc()
+
+        def on_start(size: int | None, chunk_size: int) -> None:
+            task.size, task.chunk_size = size, chunk_size
+            task.notify()
+
+        def on_chunk(index: int, name: str, length: int) -> None:
+            self.store.pin([name])  # while seeding; unpinned once sealed or failed
+            task.chunks.append(name)
+            task.origin_bytes += length
+            self.metrics.bytes_from_origin.inc(length)
+            seed.have.add(index)
+            task.notify()
+
+        log.info("seeding task %s from origin", task.task_id)
+        try:
+            cmap = await seed_from_origin(self.origin, task.spec, self.store,
+                                          on_start=on_start, on_chunk=on_chunk)
+            await self.store.save_map(task.task_id, cmap)
+            task.sealed, task.size = cmap, cmap.size
+            seed.complete = True
+            log.info("task %s sealed: %s, %d bytes, %d chunks", task.task_id, cmap.digest, cmap.size, cmap.n_chunks)
+        except P2PError as exc:
+            log.warning("task %s failed: %s", task.task_id, exc)
+            task.error = exc if exc.status < 500 or exc.code != "INTERNAL" else TaskFailed(str(exc))
+        finally:
+            self.store.unpin(task.chunks)
+            task.seeding = False
+            self.metrics.active_tasks.dec()
+            task.notify()
+
+    async def map_progress(self, task_id: str, known: int, wait: float) -> MapProgress:
+        task = self.tasks.get(task_id)
+        if task is None or task.spec is None:
+            raise TaskUnknown(f"no such task {task_id}: register it first")
+        with trio.move_on_after(min(wait, MAX_WAIT)):
+            while len(task.chunks) <= known and task.sealed is None and task.error is None:
+                await task.changed.wait()
+        return task.progress(min(known, len(task.chunks)))
+
+    # -- announces ------------------------------------------------------------------------
+
+    def announce(self, ann: Announce) -> AnnounceReply:
+        now = self.clock()
+        self.peer_seen[ann.peer_id] = (ann.addr, ann.zone, now)
+        neighbours: dict[str, tuple[Neighbour, ...]] = {}
+        for th in ann.tasks:
+            task = self._task(th.task_id)
+            n = task.total
+            have = decode_have(th.have, n) if not th.complete else (set(range(n)) if n is not None else None)
+            task.peers.upsert(ann.peer_id, ann.addr, ann.zone, have if have is not None else set(),
+                              th.complete, now)
+            task.peers.expire(now)
+            chosen = choose_neighbours(task.peers, ann.peer_id, self.policy, self.rng, now)
+            neighbours[th.task_id] = tuple(
+                Neighbour(e.peer_id, e.addr, e.zone, encode_have(e.have, e.complete)) for e in chosen)
+            self.metrics.announces.inc()
+        return AnnounceReply(self.config.announce_interval, neighbours)
+
+    def expire(self) -> None:
+        now = self.clock()
+        for task in self.tasks.values():
+            task.peers.expire(now)
+        for pid, (_, _, seen) in list(self.peer_seen.items()):
+            if now - seen > self.config.peer_ttl:
+                del self.peer_seen[pid]
+        self.metrics.peers.set(len(self.peer_seen))
+        self.metrics.tasks.set(len(self.tasks))
+
+    def status(self) -> dict[str, object]:
+        now = self.clock()
+        return {
+            "service": "tracker", "version": __version__, "topology": self.config.topology,
+            "peers": [{"peer_id": pid, "addr": a, "zone": z, "last_seen_s": round(now - s, 1)}
+                      for pid, (a, z, s) in sorted(self.peer_seen.items())],
+            "tasks": [{
+                "task_id": t.task_id, "digest": str(t.sealed.digest) if t.sealed else None,
+                "size": t.size, "chunks_published": len(t.chunks), "chunks_total": t.total,
+                "sealed": t.sealed is not None, "error": t.error.message if t.error else None,
+                "origin_bytes": t.origin_bytes,
+                "peers": len([p for p in t.peers.peers.values() if not p.seed]),
+                "complete_peers": len([p for p in t.peers.peers.values() if p.complete and not p.seed]),
+            } for t in self.tasks.values() if t.spec is not None],
+        }
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    def router(self) -> Router:
+        r = Router()
+
+        async def register(request: Request) -> Response:
+            spec = decode_register(await request.json(64 * 1024))
+            task = await self.register(spec)
+            return Response.json({"task_id": task.task_id,
+                                  "state": "failed" if task.error else "sealed" if task.sealed else "seeding"})
+
+        async def get_map(request: Request) -> Response:
+            task_id = parse_task_id(request.params["task_id"])
+            known = _int_arg(request, "known", 0)
+            wait = float(_int_arg(request, "wait", 0))
+            return Response.json((await self.map_progress(task_id, known, wait)).to_dict())
+
+        async def announce(request: Request) -> Response:
+            ann = decode_announce(await request.json(MAX_ANNOUNCE_BYTES))
+            return Response.json(self.announce(ann).to_dict())
+
+        async def status(request: Request) -> Response:
+            return Response.json(self.status())
+
+        slots = UploadSlots(self.config.upload_slots)
+        r.route("POST", "/api/v1/tasks", register)
+        r.route("GET", "/api/v1/tasks/{task_id}/map", get_map)
+        r.route("POST", "/api/v1/announce", announce)
+        r.route("GET", "/api/v1/status", status)
+        r.route("GET", "/chunks/{name}", make_chunk_handler(
+            self.store, slots, on_served=self.metrics.bytes_served.inc))
+
+        async def ready() -> str | None:
+            return None
+
+        add_health_routes(r, self.metrics, ready)
+        return r
+
+
+def _int_arg(request: Request, name: str, default: int) -> int:
+    from p2pdist.core.errors import BadRequest
+
+    v = request.arg(name)
+    if v is None:
+        return default
+    if not v.isdigit() or len(v) > 12:
+        raise BadRequest(f"query parameter {name!r} must be a non-negative integer")
+    return int(v)
+
+
+def advertise_addr(listen: str, port: int, configured: str | None) -> str:
+    if configured:
+        return configured
+    host, _ = split_hostport(listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostbyname(socket.gethostname()) if host else "127.0.0.1"
+    return f"{host}:{port}"
+
+
+async def serve(config: TrackerConfig, *, origin: Origin | None = None,
+                task_status: trio.TaskStatus[Tracker] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a tracker until cancelled; ``task_status.started(tracker)`` once it listens
+    (``tracker.advertise`` holds the bound address)."""
+    store = await ChunkStore.open(config.data_dir, capacity=config.capacity)
+    own_origin = origin is None
+    origin = origin or HttpOrigin()
+    host, port = split_hostport(config.listen)
+    metrics = Metrics("tracker")
+    try:
+        async with trio.open_nursery() as nursery:
+            tracker = Tracker(config, store, origin, advertise="", metrics=metrics)
+            tracker._nursery = nursery
+            bound = await nursery.start(serve_http, tracker.router(), host, port)
+            tracker.advertise = advertise_addr(config.listen, bound, config.advertise)
+
+            async def expirer() -> None:
+                while True:
+                    await trio.sleep(min(5.0, config.peer_ttl / 3))
+                    tracker.expire()
+
+            nursery.start_soon(expirer)
+            log.info("tracker listening on %s (advertised as %s, topology %s)",
+                     config.listen, tracker.advertise, config.topology)
+            task_status.started(tracker)
+    finally:
+        if own_origin:
+            with trio.CancelScope(shield=True):
+                await origin.aclose()  # type: ignore[attr-defined]
