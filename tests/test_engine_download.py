@@ -302,7 +302,11 @@ def test_bad_inputs_are_refused() -> None:
 # ---- the property test -----------------------------------------------------------------
 
 SOURCE_HAVES: list[frozenset[int] | None] = [
-    None, frozenset(range(0, 12, 2)), frozenset(range(6)), frozenset(), frozenset(range(12)),
+    None,
+    frozenset(range(0, 12, 2)),
+    frozenset(range(6)),
+    frozenset(),
+    frozenset(range(12)),
 ]
 
 op = st.one_of(
@@ -388,9 +392,14 @@ def test_random_event_sequences_keep_invariants_and_finish(
 ) -> None:
     total = 12
     d = DownloadState(
-        n_known=known0, policy=policy, max_in_flight=max_in_flight,
-        per_source_in_flight=per_source, origin_in_flight=origin_cap,
-        chunk_timeout=5.0, source_wait=20.0, rng=random.Random(seed),
+        n_known=known0,
+        policy=policy,
+        max_in_flight=max_in_flight,
+        per_source_in_flight=per_source,
+        origin_in_flight=origin_cap,
+        chunk_timeout=5.0,
+        source_wait=20.0,
+        rng=random.Random(seed),
     )
     drv = Driver(d, total)
     drv.apply(d.tick(0.0))

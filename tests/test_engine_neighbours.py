@@ -210,9 +210,17 @@ def test_policy_validation() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 14), st.sampled_from(["join", "tick", "leave"])), max_size=80),
-       st.integers(1, 3), st.integers(1, 2), st.integers(0, 1000))
-def test_tree_stays_acyclic(ops: list[tuple[int, str]], fanout: int, parents: int, seed: int) -> None:
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 14), st.sampled_from(["join", "tick", "leave"])), max_size=80
+    ),
+    st.integers(1, 3),
+    st.integers(1, 2),
+    st.integers(0, 1000),
+)
+def test_tree_stays_acyclic(
+    ops: list[tuple[int, str]], fanout: int, parents: int, seed: int
+) -> None:
     task = make_task(0, ttl=5.0)
     policy = NeighbourPolicy("tree", fanout=fanout, parents=parents)
     rng = random.Random(seed)
@@ -270,7 +278,9 @@ def test_swarm_prefers_same_zone() -> None:
         task.upsert(f"b{i}", f"b:{i}", "b", set(), False, 0.0)
     policy = NeighbourPolicy("swarm", swarm_size=4, same_zone_weight=4.0)
     rng = random.Random(42)
-    zones = Counter(e.zone for _ in range(500) for e in choose_neighbours(task, "me", policy, rng, 0.0))
+    zones = Counter(
+        e.zone for _ in range(500) for e in choose_neighbours(task, "me", policy, rng, 0.0)
+    )
     share = zones["a"] / (zones["a"] + zones["b"])
     # Uniform sampling would give 0.5; weight 4 gives roughly 0.75 or more.
     assert share > 0.7

@@ -140,3 +140,15 @@ def error_from_code(code: str, message: str, status: int) -> P2PError:
     if cls is None:
         return P2PError(message, code=code, status=status)
     return cls(message, status=status)
+
+
+def p2p_error_in(exc: BaseException) -> P2PError | None:
+    """The P2PError that ``exc`` is or that a (nested) exception group wraps, if every leaf
+    of the group is one; trio's nurseries wrap errors in groups, boundaries unwrap them here."""
+    if isinstance(exc, P2PError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [p2p_error_in(e) for e in exc.exceptions]
+        if leaves and all(leaf is not None for leaf in leaves):
+            return leaves[0]
+    return None

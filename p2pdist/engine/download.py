@@ -161,7 +161,9 @@ class DownloadState:
         rng: random.Random,
     ):
         if policy not in POLICIES:
-            raise ValueError(f"unknown chunk selection policy {policy!r}; expected one of {POLICIES}")
+            raise ValueError(
+                f"unknown chunk selection policy {policy!r}; expected one of {POLICIES}"
+            )
         for name, value in (
             ("max_in_flight", max_in_flight),
             ("per_source_in_flight", per_source_in_flight),
@@ -312,13 +314,13 @@ class DownloadState:
                 self.stats.from_peers += 1
         return self._schedule(now)
 
-    def chunk_failed(
-        self, index: int, source: str | None, reason: str, now: float
-    ) -> list[Action]:
+    def chunk_failed(self, index: int, source: str | None, reason: str, now: float) -> list[Action]:
         """A fetch of ``index`` from ``source`` (None: origin) failed for ``reason``, one
         of :data:`FAILURE_REASONS` (else ValueError). See the module docstring."""
         if reason not in FAILURE_REASONS:
-            raise ValueError(f"unknown failure reason {reason!r}; expected one of {FAILURE_REASONS}")
+            raise ValueError(
+                f"unknown failure reason {reason!r}; expected one of {FAILURE_REASONS}"
+            )
         current = index in self._in_flight and self._in_flight[index] == source
         if current:
             self._release(index)
@@ -385,9 +387,7 @@ class DownloadState:
         if self._total is not None and n_known > self._total:
             raise ValueError(f"n_known {n_known} exceeds total {self._total}")
         if n_known > self._n_known:
-            self._pending.update(
-                i for i in range(self._n_known, n_known) if i not in self._have
-            )
+            self._pending.update(i for i in range(self._n_known, n_known) if i not in self._have)
             self._n_known = n_known
 
     def _exhausted(self) -> set[int]:
@@ -449,12 +449,18 @@ class DownloadState:
             # Starvation clock: runs while no live source could serve a chunk. A source
             # cooling down after "busy" still counts (it is alive and will be asked
             # again); busy refusals are bounded by busy_attempts instead.
-            covered: set[int] = set()
+            uncovered = pending
             for s in live:
-                covered |= self._could_serve(s, pending)
-            for i in [i for i in self._starving_since if i in covered]:
+                if not uncovered:
+                    break
+                miss = self._missing.get(s.peer_id, set())
+                if s.have is None:
+                    uncovered = uncovered & miss
+                else:
+                    uncovered = (uncovered - s.have) | (uncovered & miss)
+            for i in [i for i in self._starving_since if i not in uncovered]:
                 del self._starving_since[i]
-            for i in pending - covered - self._starving_since.keys():
+            for i in uncovered - self._starving_since.keys():
                 self._starving_since[i] = now
 
             if self.origin_fallback and now >= self._origin_paused_until:
@@ -480,7 +486,9 @@ class DownloadState:
             bound |= {
                 # Same float expression as next_deadline, so a tick at exactly that
                 # deadline sees the clock run out.
-                i for i, t in self._starving_since.items() if t + self.source_wait <= now
+                i
+                for i, t in self._starving_since.items()
+                if t + self.source_wait <= now
             }
             bound &= self._pending
         actions: list[Action] = []

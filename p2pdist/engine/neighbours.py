@@ -112,9 +112,7 @@ class TaskPeers:
 
     def expire(self, now: float) -> list[str]:
         """Drop peers not seen for more than ``ttl`` seconds (seeds never); return their ids."""
-        gone = [
-            pid for pid, e in self.peers.items() if not e.seed and now - e.last_seen > self.ttl
-        ]
+        gone = [pid for pid, e in self.peers.items() if not e.seed and now - e.last_seen > self.ttl]
         for pid in gone:
             del self.peers[pid]
         if gone:

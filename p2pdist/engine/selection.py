@@ -44,22 +44,17 @@ def select_chunks(
     if policy == "sequential":
         return heapq.nsmallest(limit, set(candidates))
 
-    # Bucket by holder count, then take whole buckets from the rarest up, sampling only
-    # the last, partially used bucket: linear in the candidates and one rng draw per
-    # chosen chunk, instead of a full sort keyed by a random number per candidate.
-    buckets: dict[int, list[int]] = {}
-    seen: set[int] = set()
-    for i in candidates:
-        if i not in seen:
-            seen.add(i)
-            buckets.setdefault(availability.get(i, 0), []).append(i)
+    # Walk the holder counts from the rarest up, taking whole levels and sampling only
+    # the last, partly used one: linear in the candidates and one rng draw per chosen
+    # chunk, instead of a full sort keyed by a random number per candidate.
+    unique = list(dict.fromkeys(candidates))
+    counts = [availability.get(i, 0) for i in unique]
     chosen: list[int] = []
-    for count in sorted(buckets):
-        bucket = buckets[count]
-        need = limit - len(chosen)
-        # rng.sample returns its picks in random order, so even a fully used bucket is
+    for level in sorted(set(counts)):
+        bucket = [i for i, c in zip(unique, counts, strict=True) if c == level]
+        # rng.sample returns its picks in random order, so even a fully used level is
         # shuffled: no index bias among equally rare chunks.
-        chosen.extend(rng.sample(bucket, min(need, len(bucket))))
+        chosen.extend(rng.sample(bucket, min(limit - len(chosen), len(bucket))))
         if len(chosen) >= limit:
             break
     return chosen

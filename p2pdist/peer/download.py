@@ -41,6 +41,7 @@ from p2pdist.core.errors import (
     TaskUnknown,
     Unavailable,
     error_from_code,
+    p2p_error_in,
 )
 from p2pdist.core.task import TaskSpec
 from p2pdist.engine.download import Done, DownloadState, Expired, Fetch, FetchOrigin, Source
@@ -232,9 +233,12 @@ class Download:
                     return
             self.mode = "origin"
             await self._seed_locally()
-        except P2PError as exc:
-            self.error = exc
-            log.warning("task %s failed: %s", self.task_id, exc)
+        except (P2PError, BaseExceptionGroup) as exc:
+            err = p2p_error_in(exc)
+            if err is None:
+                raise
+            self.error = err
+            log.warning("task %s failed: %s", self.task_id, err)
         finally:
             self.ended = env.clock()
             env.metrics.active_tasks.dec()

@@ -24,7 +24,7 @@ from p2pdist.backend.origin import HttpOrigin, Origin
 from p2pdist.backend.seed import seed_from_origin
 from p2pdist.core.chunkmap import ChunkMap, chunk_count
 from p2pdist.core.config import TrackerConfig, split_hostport
-from p2pdist.core.errors import P2PError, TaskFailed, TaskUnknown
+from p2pdist.core.errors import P2PError, TaskUnknown, p2p_error_in
 from p2pdist.core.task import TaskSpec
 from p2pdist.engine.neighbours import NeighbourPolicy, PeerEntry, TaskPeers, choose_neighbours
 from p2pdist.net.chunkserver import UploadSlots, make_chunk_handler
@@ -167,9 +167,12 @@ class Tracker:
             task.sealed, task.size = cmap, cmap.size
             seed.complete = True
             log.info("task %s sealed: %s, %d bytes, %d chunks", task.task_id, cmap.digest, cmap.size, cmap.n_chunks)
-        except P2PError as exc:
-            log.warning("task %s failed: %s", task.task_id, exc)
-            task.error = exc if exc.status < 500 or exc.code != "INTERNAL" else TaskFailed(str(exc))
+        except (P2PError, BaseExceptionGroup) as exc:
+            err = p2p_error_in(exc)
+            if err is None:
+                raise
+            log.warning("task %s failed: %s", task.task_id, err)
+            task.error = err
         finally:
             self.store.unpin(task.chunks)
             task.seeding = False

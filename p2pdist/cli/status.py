@@ -1,0 +1,43 @@
+"""``p2pdist status``: the cluster as one tracker sees it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import httpx
+
+from p2pdist.core.errors import Unavailable
+from p2pdist.core.sizes import format_size
+from p2pdist.peer.trackerclient import raise_for_error
+
+
+def format_status(st: dict) -> str:  # type: ignore[type-arg]
+    lines = [f"tracker {st.get('version', '?')}  topology={st.get('topology', '?')}  "
+             f"peers={len(st.get('peers', []))}  tasks={len(st.get('tasks', []))}", ""]
+    lines.append(f"{'PEER':<28} {'ADDRESS':<22} {'ZONE':<12} LAST SEEN")
+    for p in st.get("peers", []):
+        lines.append(f"{p['peer_id']:<28} {p['addr']:<22} {p['zone'] or '-':<12} {p['last_seen_s']}s ago")
+    lines.append("")
+    lines.append(f"{'TASK':<18} {'SIZE':>10} {'CHUNKS':>11} {'STATE':<8} {'PEERS':>5} {'DONE':>5} {'ORIGIN':>10}")
+    for t in st.get("tasks", []):
+        state = "failed" if t["error"] else "sealed" if t["sealed"] else "seeding"
+        size = format_size(t["size"]) if t["size"] is not None else "?"
+        chunks = f"{t['chunks_published']}/{t['chunks_total'] if t['chunks_total'] is not None else '?'}"
+        lines.append(f"{t['task_id'][:16]:<18} {size:>10} {chunks:>11} {state:<8} {t['peers']:>5} "
+                     f"{t['complete_peers']:>5} {format_size(t['origin_bytes']):>10}")
+        if t["error"]:
+            lines.append(f"  error: {t['error']}")
+    return "\n".join(lines)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    url = args.tracker.rstrip("/")
+    try:
+        r = httpx.get(f"{url}/api/v1/status", timeout=5.0)
+    except httpx.HTTPError as exc:
+        raise Unavailable(f"tracker {url} unreachable: {exc}") from exc
+    raise_for_error(r, f"tracker {url}")
+    st = r.json()
+    print(json.dumps(st, indent=2) if args.json else format_status(st))
+    return 0
