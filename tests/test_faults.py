@@ -209,8 +209,10 @@ async def test_tracker_killed_after_sealing(tmp_path, topology):
         spec = TaskSpec(origin.url("b"), sha256_digest(blob))
         with trio.fail_after(40):
             ds = [p.start_download(spec) for p in c.peers]
-            while c.tracker.tasks[spec.task_id].sealed is None:
-                await c.tracker.tasks[spec.task_id].changed.wait()
+            while ds[0].sealed is None:
+                await ds[0].wait_changed()
+            assert c.tracker.tasks[spec.task_id].sealed is not None
+            assert not all(d.finished.is_set() for d in ds), "too late: all done already"
             c.kill_tracker()
             for d in ds:
                 await assert_copy(d, blob, tmp_path)

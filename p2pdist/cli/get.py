@@ -22,7 +22,7 @@ import trio
 
 from p2pdist.core.config import PeerConfig
 from p2pdist.core.digest import Digest
-from p2pdist.core.errors import BadRequest, IntegrityError, P2PError, Unavailable
+from p2pdist.core.errors import BadRequest, IntegrityError, P2PError, Unavailable, error_from_code
 from p2pdist.core.task import TaskSpec, normalise_url
 from p2pdist.peer.trackerclient import raise_for_error
 
@@ -123,7 +123,8 @@ def via_daemon(daemon: str, spec: TaskSpec, nodes: list[str], out: Path, show: b
                 summary = client.get(f"{base}/api/v1/tasks/{task_id}")
                 raise_for_error(summary, f"daemon {base}")
             except httpx.RemoteProtocolError as exc:
-                raise Unavailable(f"daemon {base} cut the transfer: the download failed there ({exc})") from exc
+                raise _daemon_failure(client, base, spec.task_id) or Unavailable(
+                    f"daemon {base} cut the transfer: {exc}") from exc
             except httpx.HTTPError as exc:
                 raise Unavailable(f"daemon {base} unreachable: {exc}") from exc
         got = Digest(sha.hexdigest())
@@ -137,6 +138,17 @@ def via_daemon(daemon: str, spec: TaskSpec, nodes: list[str], out: Path, show: b
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _daemon_failure(client: httpx.Client, base: str, task_id: str) -> P2PError | None:
+    """Why the daemon cut a transfer: the download's own error, as the daemon reports it."""
+    try:
+        err = client.get(f"{base}/api/v1/tasks/{task_id}").json().get("error")
+    except (httpx.HTTPError, ValueError):
+        return None
+    if not isinstance(err, dict):
+        return None
+    return error_from_code(str(err.get("code")), str(err.get("message")), 422)
 
 
 def default_data_dir() -> str:

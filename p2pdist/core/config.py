@@ -9,6 +9,7 @@ a composition root reads the environment: services receive these objects.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -77,6 +78,11 @@ class PeerConfig:
         for t in self.trackers:
             if not t.startswith(("http://", "https://")):
                 raise ConfigError(f"config key 'trackers': {t!r} is not an http(s) URL")
+        # the tracker refuses announces whose peer_id or zone break these patterns (wire.tracker)
+        if self.peer_id is not None and not re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", self.peer_id):
+            raise ConfigError(f"config key 'peer_id': {self.peer_id[:80]!r} must be 1-128 of A-Za-z0-9._:-")
+        if not re.fullmatch(r"[A-Za-z0-9._/-]{0,128}", self.zone):
+            raise ConfigError(f"config key 'zone': {self.zone[:80]!r} must be at most 128 of A-Za-z0-9._/-")
 
 
 def _positive(cfg: Any, *keys: str) -> None:

@@ -16,6 +16,8 @@ _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 
 def parse_size(text: str | int) -> int:
     """Parse ``"64MiB"``, ``"1.5GB"``, ``"4096"`` into bytes; raise ValueError naming the text."""
+    if isinstance(text, bool) or not isinstance(text, int | str):
+        raise ValueError(f"not a size: {text!r} (expected an integer or a string like 64MiB)")
     if isinstance(text, int):
         if text < 0:
             raise ValueError(f"size must not be negative: {text}")

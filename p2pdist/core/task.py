@@ -21,11 +21,15 @@ def normalise_url(url: str) -> str:
     """Lower-case scheme and host, drop the fragment and a default port; refuse non-HTTP."""
     if not isinstance(url, str) or len(url) > MAX_URL_LENGTH:
         raise BadRequest("bad URL: must be a string of at most 8192 characters", code="URL_INVALID")
-    parts = urlsplit(url.strip())
+    try:  # urlsplit raises ValueError on a malformed [IPv6] host
+        parts = urlsplit(url.strip())
+        hostname = parts.hostname
+    except ValueError as exc:
+        raise BadRequest(f"bad URL {url[:200]!r}: {exc}", code="URL_INVALID") from exc
     scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
+    if scheme not in ("http", "https") or not hostname:
         raise BadRequest(f"bad URL {url[:200]!r}: expected http:// or https:// with a host", code="URL_INVALID")
-    host = parts.hostname.lower()
+    host = hostname.lower()
     if ":" in host:
         host = f"[{host}]"
     try:

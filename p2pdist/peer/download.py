@@ -16,6 +16,7 @@ a reader never receives a whole blob that later fails its digest.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -229,6 +230,7 @@ class Download:
                     self._adopt_map(cmap, sealed=False)
                     sources = [Source(f"node:{a}", a, None) for a in self.nodes]
                     await self._schedule(sources_fixed=sources)
+                    await self._check_sha256(cmap)
                     await self._seal(cmap)
                     return
             self.mode = "origin"
@@ -261,6 +263,19 @@ class Download:
         await self.env.store.save_map(self.task_id, cmap)
         self.sealed = cmap
         self._notify()
+
+    async def _check_sha256(self, cmap: ChunkMap) -> None:
+        """Hash the held chunks of ``cmap`` in order; IntegrityError unless they are the
+        blob ``cmap.digest`` names. For maps nobody we trust sealed (a ``--node`` peer's):
+        every chunk matching its listed BLAKE3 proves nothing if the list itself lies."""
+        sha = hashlib.sha256()
+        with self.env.store.pinned(cmap.chunks):
+            for name in cmap.chunks:
+                data = await self.env.store.read(name)
+                await trio.to_thread.run_sync(sha.update, data, limiter=self.env.limiter)
+        if sha.hexdigest() != cmap.digest.hex:
+            raise IntegrityError(f"the chunk map from --node peers for {cmap.digest} lists chunks "
+                                 f"whose bytes hash to sha256:{sha.hexdigest()}")
 
     async def _map_from_nodes(self) -> ChunkMap | None:
         import httpx

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -230,8 +231,9 @@ class AnnounceReply:
         d = _obj(body, "announce reply")
         interval = d.get("interval")
         tasks = d.get("tasks")
-        if not isinstance(interval, int | float) or not isinstance(tasks, dict):
-            raise BodyInvalid("announce reply: interval and tasks required")
+        if (not isinstance(interval, int | float) or isinstance(interval, bool)
+                or not math.isfinite(interval) or interval < 0 or not isinstance(tasks, dict)):
+            raise BodyInvalid("announce reply: interval (a finite number >= 0) and tasks required")
         out: dict[str, tuple[Neighbour, ...]] = {}
         for tid, t in tasks.items():
             ns = _obj(t, "announce reply task").get("neighbours", [])
