@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 _UNITS = {
     "": 1, "b": 1,
@@ -25,7 +26,7 @@ def parse_size(text: str | int) -> int:
     m = _SIZE.fullmatch(text)
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"not a size: {text!r} (examples: 4096, 64MiB, 1GiB, 500MB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return int(Fraction(m.group(1)) * _UNITS[m.group(2).lower()])  # exact: float loses bytes past 2**53
 
 
 def format_size(n: float) -> str:

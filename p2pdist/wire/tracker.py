@@ -53,6 +53,13 @@ def _str(d: dict[str, Any], key: str, what: str, *, pattern: re.Pattern[str] | N
     return v
 
 
+def _bool(d: dict[str, Any], key: str, what: str) -> bool:
+    v = d.get(key, False)
+    if not isinstance(v, bool):
+        raise BodyInvalid(f"{what}: field {key!r} must be true or false")
+    return v
+
+
 def parse_task_id(text: str) -> str:
     if not isinstance(text, str) or not _TASK_ID.fullmatch(text):
         raise BodyInvalid(f"malformed task id {str(text)[:80]!r}", code="NAME_INVALID")
@@ -162,7 +169,7 @@ class MapProgress:
                                     and isinstance(err.get("message"), str)):
             raise BodyInvalid("map: error must be {code, message}")
         return cls(parse_task_id(d.get("task_id", "")), ints["chunk_size"], ints["size"],
-                   ints["offset"] or 0, tuple(chunks), ints["total"], bool(d.get("sealed")),
+                   ints["offset"] or 0, tuple(chunks), ints["total"], _bool(d, "sealed", "map"),
                    digest, err)
 
 
@@ -201,7 +208,7 @@ def decode_announce(body: Any) -> Announce:
         t = _obj(t, "announce task")
         have = t.get("have", "")
         decode_have(have)  # validates
-        tasks.append(TaskHave(parse_task_id(t.get("task_id", "")), have, bool(t.get("complete", False))))
+        tasks.append(TaskHave(parse_task_id(t.get("task_id", "")), have, _bool(t, "complete", "announce task")))
     return Announce(peer_id, addr, zone, tuple(tasks))
 
 
