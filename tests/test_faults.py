@@ -68,6 +68,7 @@ async def test_peer_killed_mid_transfer(tmp_path, topology):
         assert not ds[0].complete
         for i in range(1, 6):
             rehash_store(tmp_path / f"peer{i}")
+            assert c.peers[i].store.statistics().pinned_bytes == 0
         nursery.cancel_scope.cancel()
 
 
@@ -99,10 +100,13 @@ async def test_corrupt_peer_in_swarm_is_dropped(tmp_path):
             ds = [p.start_download(spec) for p in c.peers[1:]]
             for d in ds:
                 await assert_copy(d, blob, tmp_path)
-        for d in ds:
-            s = d.summary()
-            assert s["corrupt_chunks"] > 0, s
-            assert "peer0" in s["bad_sources"], s
+        # Which downloader asks the liar first is the scheduler's random choice; whoever
+        # did caught it and dropped it, and somebody did.
+        summaries = [d.summary() for d in ds]
+        assert sum(s["corrupt_chunks"] for s in summaries) > 0, summaries
+        for s in summaries:
+            if s["corrupt_chunks"]:
+                assert set(s["bad_sources"]) == {"peer0"}, s
         for i in range(1, 4):
             assert rehash_store(tmp_path / f"peer{i}") == 9
         nursery.cancel_scope.cancel()
@@ -194,8 +198,10 @@ async def test_tracker_killed_while_seeding(tmp_path):
             c.kill_tracker()
             for d in ds:
                 await assert_copy(d, blob, tmp_path)
-        for i in range(4):
+        for i, p in enumerate(c.peers):
             rehash_store(tmp_path / f"peer{i}")
+            # Nothing stays pinned (unevictable) once the downloads are over.
+            assert p.store.statistics().pinned_bytes == 0, p.peer_id
         nursery.cancel_scope.cancel()
 
 
@@ -233,11 +239,15 @@ async def test_restarted_peer_resumes_from_verified_chunks(tmp_path):
             await first.finished.wait()
         assert not first.complete
         root = tmp_path / "peer0"
-        cmap = await c.tracker.store.load_map(spec.task_id)
-        assert cmap is not None
-        held_bytes = sum((root / "chunks" / n[:2] / n).stat().st_size
-                         for n in set(cmap.chunks) if (root / "chunks" / n[:2] / n).exists())
-        assert held_bytes >= 6 * 4 * MiB
+        task = c.tracker.tasks[spec.task_id]
+        with trio.fail_after(30):
+            while task.sealed is None:  # the tracker may still be seeding (cut-through)
+                await task.changed.wait()
+        cmap = task.sealed
+        on_disk = [root / "chunks" / n[:2] / n for n in set(cmap.chunks)]
+        on_disk = [f for f in on_disk if f.exists()]
+        assert len(on_disk) >= 6
+        held_bytes = sum(f.stat().st_size for f in on_disk)
         assert not list((root / "maps").iterdir()), "no map may be saved for a partial blob"
         with trio.fail_after(30):
             again, _ = await start_peer(nursery, c.peers[0].config)
@@ -269,9 +279,10 @@ async def test_origin_digest_mismatch_fails_everywhere(tmp_path):
         for p in c.peers:
             assert await p.store.load_map(spec.task_id) is None
             rehash_store(p.store.root)
-        # The peers are still alive and serving.
-        for p in c.peers:
-            assert p._nursery is not None
+        # The peers and the tracker are still alive: the right digest now works.
+        good = TaskSpec(origin.url("b"), sha256_digest(blob))
+        with trio.fail_after(30):
+            await assert_copy(c.peers[0].start_download(good), blob, tmp_path)
         nursery.cancel_scope.cancel()
 
 

@@ -60,7 +60,7 @@ class PeerConfig:
     zone: str = ""
     upload_slots: int = 8  # concurrent chunk uploads; past it a peer answers 503
     max_in_flight: int = 8  # concurrent chunk fetches per download
-    per_source_in_flight: int = 2
+    per_source_in_flight: int = 4  # one source must keep its link busy while chunks are checked and written
     chunk_timeout: float = 10.0  # per-chunk deadline before asking elsewhere
     peer_attempts: int = 2  # tries from peers before a chunk goes back to source
     back_to_source: bool = True

@@ -314,6 +314,20 @@ class DownloadState:
                 self.stats.from_peers += 1
         return self._schedule(now)
 
+    def chunks_held(self, indices: Iterable[int], now: float) -> list[Action]:
+        """Chunks found already verified in the local store (a resumed download whose
+        hashes arrive after the state was built): held from now on, never fetched, and
+        counted as nobody's. Call it before :meth:`map_grew` reveals them, else they may
+        be scheduled first. ValueError for an index outside the blob."""
+        for index in indices:
+            if index < 0 or (self._total is not None and index >= self._total):
+                raise ValueError(f"chunk {index} is outside this blob ({self._total} chunks)")
+            if index not in self._have:
+                self._have.add(index)
+                self._pending.discard(index)
+                self._forget_chunk(index)
+        return self._schedule(now)
+
     def chunk_failed(self, index: int, source: str | None, reason: str, now: float) -> list[Action]:
         """A fetch of ``index`` from ``source`` (None: origin) failed for ``reason``, one
         of :data:`FAILURE_REASONS` (else ValueError). See the module docstring."""

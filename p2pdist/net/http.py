@@ -232,6 +232,12 @@ class _ServerConn:
                     return
                 if not isinstance(event, h11.Request):
                     return
+                # h11 caps only a head still incomplete after a read; one that arrives
+                # whole in a single (256 KiB) read must be measured here.
+                if len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers) > MAX_HEADER_BYTES:
+                    await self._send_protocol_error(h11.RemoteProtocolError(
+                        f"request head over {MAX_HEADER_BYTES} bytes", error_status_hint=431))
+                    return
                 request = Request(
                     event.method.decode("ascii", "replace"),
                     event.target.decode("ascii", "replace"),

@@ -28,7 +28,7 @@ import trio
 import zstandard
 
 from p2pdist.backend.origin import Origin
-from p2pdist.backend.seed import blake3_hex, seed_from_origin
+from p2pdist.backend.seed import seed_from_origin
 from p2pdist.core.chunkmap import ChunkMap, chunk_count, chunk_span
 from p2pdist.core.config import PeerConfig
 from p2pdist.core.digest import Digest
@@ -130,7 +130,10 @@ class Download:
 
     @property
     def complete(self) -> bool:
-        return self.sealed is not None and self.finished.is_set() and self.error is None
+        # In swarm mode the map is sealed (by the tracker) before the chunks are all here:
+        # a download cancelled midway has a sealed map and is finished, yet incomplete.
+        return (self.sealed is not None and self.finished.is_set() and self.error is None
+                and len(self.held) >= self.sealed.n_chunks)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -229,8 +232,10 @@ class Download:
                     self.mode = "nodes"
                     self._adopt_map(cmap, sealed=False)
                     sources = [Source(f"node:{a}", a, None) for a in self.nodes]
-                    await self._schedule(sources_fixed=sources)
-                    await self._check_sha256(cmap)
+                    async with trio.open_nursery() as nursery:
+                        # hash in order as chunks land, on another core, not after the fact
+                        nursery.start_soon(self._check_sha256, cmap)
+                        await self._schedule(sources_fixed=sources)
                     await self._seal(cmap)
                     return
             self.mode = "origin"
@@ -270,7 +275,9 @@ class Download:
         every chunk matching its listed BLAKE3 proves nothing if the list itself lies."""
         sha = hashlib.sha256()
         with self.env.store.pinned(cmap.chunks):
-            for name in cmap.chunks:
+            for index, name in enumerate(cmap.chunks):
+                while index not in self.held:
+                    await self.wait_changed()
                 data = await self.env.store.read(name)
                 await trio.to_thread.run_sync(sha.update, data, limiter=self.env.limiter)
         if sha.hexdigest() != cmap.digest.hex:
@@ -302,6 +309,7 @@ class Download:
         def on_start(size: int | None, chunk_size: int) -> None:
             self.size, self.chunk_size = size, chunk_size
             self.total = chunk_count(size, chunk_size) if size is not None else None
+            env.store.unpin(self.hashes)  # pinned by a swarm attempt that lost its tracker
             self.hashes = []
             self._notify()
 
@@ -383,12 +391,6 @@ class Download:
     async def _schedule(self, sources_fixed: Sequence[Source] | None = None) -> None:
         """Drive the state machine until every chunk is held."""
         env, cfg = self.env, self.env.config
-        state = DownloadState(
-            n_known=len(self.hashes), total=self.total, have=set(self.held),
-            policy=cfg.chunk_policy, max_in_flight=cfg.max_in_flight,
-            per_source_in_flight=cfg.per_source_in_flight, chunk_timeout=cfg.chunk_timeout,
-            peer_attempts=cfg.peer_attempts, origin_fallback=cfg.back_to_source,
-            rng=env.rng)
         in_flight: dict[int, trio.CancelScope] = {}
         if sources_fixed is None and self._neighbours is None:
             # Before the tracker's first answer there are no sources, and the engine would
@@ -396,6 +398,16 @@ class Download:
             with trio.move_on_after(cfg.chunk_timeout):
                 while self._neighbours is None:
                     await self.wait_changed()
+        # Built only now, with no await before the first map_grew below: chunks that
+        # _follow_map found in the store meanwhile must be in `have`, not fetched again.
+        state = DownloadState(
+            n_known=len(self.hashes), total=self.total, have=set(self.held),
+            policy=cfg.chunk_policy, max_in_flight=cfg.max_in_flight,
+            per_source_in_flight=cfg.per_source_in_flight, chunk_timeout=cfg.chunk_timeout,
+            peer_attempts=cfg.peer_attempts, origin_fallback=cfg.back_to_source,
+            # A chunk no live source can serve (its holders are gone, or the tracker that
+            # would name new ones is) goes back to source after a chunk's time, not 30 s.
+            source_wait=cfg.chunk_timeout, rng=env.rng)
         async with trio.open_nursery() as nursery:
             now = env.clock()
             # sources before the map: with a map and no sources the engine goes to the origin
@@ -432,7 +444,11 @@ class Download:
                     continue
                 kind, payload = event
                 if kind == "map":
-                    actions = state.map_grew(len(self.hashes), self.total, now)
+                    # Chunks _follow_map found already in the store (a restarted peer):
+                    # tell the engine before it learns their hashes, or it fetches them.
+                    reused = [i for i in self.held if i not in in_flight and not state.holds(i)]
+                    actions = state.chunks_held(reused, now) if reused else []
+                    actions += state.map_grew(len(self.hashes), self.total, now)
                 elif kind == "sources":
                     if sources_fixed is None:
                         actions = state.set_sources(payload, now)
@@ -458,24 +474,25 @@ class Download:
         return chunk_span(index, self.size, self.chunk_size)[1]
 
     async def _verify_and_store(self, index: int, buf: bytearray, n: int, encoding: str | None) -> int:
+        """Check chunk ``index`` against its BLAKE3 and store it: one worker-thread call
+        (the store hashes and writes together) for plain bodies; zstd bodies are first
+        decompressed, capped at the chunk's length. Raises IntegrityError."""
         name = self.hashes[index]
         expected = self._expected_len(index)
-
-        def verify() -> memoryview:
-            view = memoryview(buf)[:n]
-            if encoding == "zstd":
+        view = memoryview(buf)[:n]
+        if encoding == "zstd":
+            def decompress() -> memoryview:
                 declared = zstandard.frame_content_size(view)
                 if declared < 0 or declared > expected:
                     raise IntegrityError(f"compressed chunk {name[:16]}… declares {declared} bytes, expected {expected}")
-                view = memoryview(zstandard.ZstdDecompressor().decompress(view, max_output_size=expected))
-            elif encoding not in (None, "identity"):
-                raise IntegrityError(f"unknown content-encoding {encoding!r}")
-            if len(view) != expected or blake3_hex(view) != name:
-                raise IntegrityError(f"chunk {index} ({name[:16]}…) failed BLAKE3 verification")
-            return view
+                return memoryview(zstandard.ZstdDecompressor().decompress(view, max_output_size=expected))
 
-        view = await trio.to_thread.run_sync(verify, limiter=self.env.limiter)
-        await self.env.store.put_verified(name, view)
+            view = await trio.to_thread.run_sync(decompress, limiter=self.env.limiter)
+        elif encoding not in (None, "identity"):
+            raise IntegrityError(f"unknown content-encoding {encoding!r}")
+        if len(view) != expected:
+            raise IntegrityError(f"chunk {index} ({name[:16]}…) is {len(view)} bytes, expected {expected}")
+        await self.env.store.put(name, view)
         return len(view)
 
     async def _fetch_peer(self, act: Fetch, scope: trio.CancelScope) -> None:
