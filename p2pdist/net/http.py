@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import socket
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -377,6 +378,20 @@ async def serve_http(handler: Handler, host: str, port: int, *,
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, on_connection, listeners)
         task_status.started(bound)
+
+
+def advertise_addr(listen: str, port: int, configured: str | None) -> str:
+    """The ``host:port`` others should dial: the configured one, else the listen host
+    (this host's address when listening on all interfaces) with the bound port."""
+    if configured:
+        return configured
+    host = listen.rpartition(":")[0].strip("[]")
+    if host in ("0.0.0.0", "::", ""):
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    return f"{host}:{port}"
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -175,17 +175,22 @@ class Download:
         assert self.sealed is not None
         return self.sealed
 
-    async def iter_bytes(self, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        """The blob's bytes from ``offset``, in order, as chunks land. Raises the
-        download's error if it fails midway (the server then cuts the connection)."""
+    async def wait_size(self) -> int:
+        """The blob's size, once the origin or the tracker has told it; raises the
+        download's error if it fails first."""
         while self.chunk_size is None or (self.size is None and self.sealed is None):
             if self.error is not None:
                 raise self.error
-            if self.finished.is_set():
-                break
             await self.wait_changed()
         size = self.sealed.size if self.sealed else self.size
-        assert size is not None and self.chunk_size is not None
+        assert size is not None
+        return size
+
+    async def iter_bytes(self, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """The blob's bytes from ``offset``, in order, as chunks land. Raises the
+        download's error if it fails midway (the server then cuts the connection)."""
+        size = await self.wait_size()
+        assert self.chunk_size is not None
         end = size if length is None else min(size, offset + length)
         cs = self.chunk_size
         index = offset // cs

@@ -20,7 +20,7 @@ import logging
 import random
 import secrets
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -32,7 +32,7 @@ from p2pdist.core.errors import BadRequest, BlobUnknown, P2PError, TaskUnknown, 
 from p2pdist.core.task import TaskSpec
 from p2pdist.net.chunkclient import ChunkClient
 from p2pdist.net.chunkserver import UploadSlots, make_chunk_handler
-from p2pdist.net.http import Request, Response, Router, serve_http
+from p2pdist.net.http import Request, Response, Router, advertise_addr, serve_http
 from p2pdist.net.observe import Metrics, add_health_routes
 from p2pdist.peer.download import BufferPool, Download, Env
 from p2pdist.peer.trackerclient import TrackerClient
@@ -134,16 +134,10 @@ class Peer:
         async def fetch(request: Request) -> Response:
             spec, nodes = spec_and_nodes(await request.json(64 * 1024))
             d = self.start_download(spec, nodes=nodes)
-            while d.size is None and d.sealed is None:
-                if d.error is not None:
-                    raise d.error
-                if d.finished.is_set():
-                    break
-                await d.wait_changed()
-            size = d.sealed.size if d.sealed else d.size
+            size = await d.wait_size()
             return Response(200, [("content-type", "application/octet-stream"),
                                   ("x-p2pdist-task-id", d.task_id)],
-                            _guarded(d.iter_bytes()), content_length=size)
+                            d.iter_bytes(), content_length=size)
 
         async def start(request: Request) -> Response:
             spec, nodes = spec_and_nodes(await request.json(64 * 1024))
@@ -195,23 +189,6 @@ def _valid_node(n: str) -> bool:
     import re
 
     return re.fullmatch(_NODE, n) is not None and n.rpartition(":")[2].isdigit()
-
-
-async def _guarded(it: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    async for piece in it:
-        yield piece
-
-
-def advertise_addr(listen: str, port: int, configured: str | None) -> str:
-    if configured:
-        return configured
-    host, _ = split_hostport(listen)
-    if host in ("0.0.0.0", "::", ""):
-        try:
-            host = socket.gethostbyname(socket.gethostname())
-        except OSError:
-            host = "127.0.0.1"
-    return f"{host}:{port}"
 
 
 async def serve(config: PeerConfig, *, origin: Origin | None = None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from p2pdist.core.errors import P2PError, TaskUnknown, p2p_error_in
 from p2pdist.core.task import TaskSpec
 from p2pdist.engine.neighbours import NeighbourPolicy, PeerEntry, TaskPeers, choose_neighbours
 from p2pdist.net.chunkserver import UploadSlots, make_chunk_handler
-from p2pdist.net.http import Request, Response, Router, serve_http
+from p2pdist.net.http import Request, Response, Router, advertise_addr, serve_http
 from p2pdist.net.observe import Metrics, add_health_routes
 from p2pdist.storage.chunkstore import ChunkStore
 from p2pdist.wire.tracker import (
@@ -281,15 +280,6 @@ def _int_arg(request: Request, name: str, default: int) -> int:
     if not v.isdigit() or len(v) > 12:
         raise BadRequest(f"query parameter {name!r} must be a non-negative integer")
     return int(v)
-
-
-def advertise_addr(listen: str, port: int, configured: str | None) -> str:
-    if configured:
-        return configured
-    host, _ = split_hostport(listen)
-    if host in ("0.0.0.0", "::", ""):
-        host = socket.gethostbyname(socket.gethostname()) if host else "127.0.0.1"
-    return f"{host}:{port}"
 
 
 async def serve(config: TrackerConfig, *, origin: Origin | None = None,
