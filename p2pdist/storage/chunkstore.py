@@ -20,6 +20,12 @@ Invariants this module keeps:
 * Pinned names (refcounted) are never evicted. A name may be pinned before its chunk
   lands, which reserves it from eviction the moment it does.
 
+Durability: chunks are not fsynced before their rename (fdatasync halves write speed
+here, perf-facts). A crashed *process* leaves only whole files under final names; after a
+*power loss* a renamed file may be short or empty. A peer re-serving one is caught by
+every receiver's BLAKE3 check and dropped as a bad source, so no corrupt byte travels on,
+but the node itself should wipe its store after an unclean host reboot.
+
 Blocking file work runs in ``trio.to_thread.run_sync`` under the store's
 ``CapacityLimiter``, at least a whole chunk per call. Maps are tiny and not counted
 against the capacity.
