@@ -16,7 +16,7 @@ import trio
 
 from p2pdist.core.config import PeerConfig, TrackerConfig
 from p2pdist.core.digest import Digest
-from p2pdist.core.errors import BlobUnknown
+from p2pdist.core.errors import BlobUnknown, OriginError
 from p2pdist.net.http import Request, Response, Router, parse_range, serve_http
 from p2pdist.peer import service as peer_service
 from p2pdist.peer.service import Peer
@@ -79,8 +79,6 @@ class StaticOrigin:
         while pos < end:
             n = min(self.piece, end - pos)
             if self.fail_after is not None and sent + n > self.fail_after:
-                from p2pdist.core.errors import OriginError
-
                 raise OriginError("origin cut on purpose")
             self.bytes_sent += n
             sent += n

@@ -30,7 +30,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import h11
 import trio
 
-from p2pdist.core.errors import BadRequest, MethodNotAllowed, NotFound, P2PError, TooLarge
+from p2pdist.core.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    P2PError,
+    RangeInvalid,
+    TooLarge,
+)
 
 log = logging.getLogger("p2pdist.http")
 
@@ -109,7 +116,6 @@ class FileBody:
     fd: int
     offset: int
     count: int
-    on_done: Callable[[], None] | None = None
 
 
 @dataclass
@@ -300,8 +306,6 @@ class _ServerConn:
             if isinstance(response.body, FileBody) and response.body.fd >= 0:
                 os.close(response.body.fd)
                 response.body.fd = -1
-                if response.body.on_done:
-                    response.body.on_done()
             if response.on_close is not None:
                 response.on_close()
 
@@ -399,7 +403,6 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
     Raises :class:`RangeInvalid` for anything unsatisfiable or malformed (multi-ranges
     are refused too: nobody in this field sends them)."""
-    from p2pdist.core.errors import RangeInvalid
 
     if header is None:
         return None

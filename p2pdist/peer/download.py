@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import trio
 import zstandard
 
@@ -290,8 +291,6 @@ class Download:
                                  f"whose bytes hash to sha256:{sha.hexdigest()}")
 
     async def _map_from_nodes(self) -> ChunkMap | None:
-        import httpx
-
         async with httpx.AsyncClient(timeout=10.0) as client:
             for addr in self.nodes:
                 try:

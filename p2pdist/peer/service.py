@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import secrets
 import socket
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ from p2pdist.wire.tracker import Announce, TaskHave, decode_register, encode_hav
 log = logging.getLogger("p2pdist.peer")
 
 MIN_ANNOUNCE_GAP = 0.2
-_NODE = r"[A-Za-z0-9.\-\[\]:]{1,300}"
+_NODE = re.compile(r"[A-Za-z0-9.\-\[\]:]{1,300}")
 
 
 class Peer:
@@ -186,9 +187,7 @@ class Peer:
 
 
 def _valid_node(n: str) -> bool:
-    import re
-
-    return re.fullmatch(_NODE, n) is not None and n.rpartition(":")[2].isdigit()
+    return _NODE.fullmatch(n) is not None and n.rpartition(":")[2].isdigit()
 
 
 async def serve(config: PeerConfig, *, origin: Origin | None = None,

@@ -23,7 +23,7 @@ from p2pdist.backend.origin import HttpOrigin, Origin
 from p2pdist.backend.seed import seed_from_origin
 from p2pdist.core.chunkmap import ChunkMap, chunk_count
 from p2pdist.core.config import TrackerConfig, split_hostport
-from p2pdist.core.errors import P2PError, TaskUnknown, p2p_error_in
+from p2pdist.core.errors import BadRequest, P2PError, TaskUnknown, p2p_error_in
 from p2pdist.core.task import TaskSpec
 from p2pdist.engine.neighbours import NeighbourPolicy, PeerEntry, TaskPeers, choose_neighbours
 from p2pdist.net.chunkserver import UploadSlots, make_chunk_handler
@@ -272,8 +272,6 @@ class Tracker:
 
 
 def _int_arg(request: Request, name: str, default: int) -> int:
-    from p2pdist.core.errors import BadRequest
-
     v = request.arg(name)
     if v is None:
         return default
