@@ -49,10 +49,6 @@ async def test_six_peers_share_one_origin_fetch(tmp_path, topology):
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "tree mode hands a child whose parent is incomplete every seed too, and the engine "
-    "treats that seed as an equal source (rarest-first even prefers chunks only the seed "
-    "holds), so on loopback children usually fetch everything from the tracker"))
 async def test_tree_children_fetch_from_their_parents(tmp_path):
     origin = StaticOrigin({"layer": BLOB})
     async with trio.open_nursery() as nursery:
@@ -62,7 +58,10 @@ async def test_tree_children_fetch_from_their_parents(tmp_path):
             ds = [p.start_download(spec) for p in c.peers]
             for d in ds:
                 await assert_copy(d, BLOB, tmp_path)
-        assert sum(bytes_served(p) for p in c.peers) > 0
+        # 6 peers, fanout 4: two of them hang below another peer, whose seed is only a
+        # last resort, so at least a whole copy's worth flows peer to peer
+        served = sum(bytes_served(p) for p in c.peers)
+        assert served >= len(BLOB), (served, len(BLOB))
         nursery.cancel_scope.cancel()
 
 

@@ -434,3 +434,28 @@ def test_random_event_sequences_keep_invariants_and_finish(
         drv.apply(d.tick(drv.now))
     assert drv.done_count == 1 and d.done
     assert d.have == set(range(total))
+
+
+def test_fallback_source_waits_for_the_primaries() -> None:
+    """A tree child asks its lagging parent, not the seed beside it, until the parent has
+    been unable to serve a chunk for fallback_wait seconds."""
+    st_ = state(n_known=4, total=4, fallback_wait=2.0, source_wait=30.0)
+    parent = src("parent", {0})
+    seed = Source("seed", "seed:1", frozenset(range(4)), fallback=True)
+    acts = st_.set_sources([parent, seed], 0.0) + st_.tick(0.0)
+    assert [(f.index, f.peer_id) for f in fetches(acts)] == [(0, "parent")]
+    assert st_.availability == {0: 1, 1: 0, 2: 0, 3: 0}  # the seed does not steer rarest-first
+    assert fetches(st_.tick(1.9)) == []
+    assert st_.next_deadline() == pytest.approx(2.0)
+    late = fetches(st_.tick(2.0))
+    assert late and {f.index for f in late} <= {1, 2, 3} and {f.peer_id for f in late} == {"seed"}
+
+
+def test_fallback_source_takes_a_chunk_the_primary_failed() -> None:
+    st_ = state(n_known=1, total=1, fallback_wait=60.0)
+    parent = src("parent", {0})
+    seed = Source("seed", "seed:1", frozenset({0}), fallback=True)
+    (first,) = fetches(st_.set_sources([parent, seed], 0.0) + st_.tick(0.0))
+    assert first.peer_id == "parent"
+    (retry,) = fetches(st_.chunk_failed(0, "parent", "error", 0.1))
+    assert retry.peer_id == "seed"

@@ -345,3 +345,16 @@ def test_announce_reply_tolerates_missing_optional_fields():
         {"peer_id": "p", "addr": "h:1", "have": 5}]}}})
     assert r.neighbours[H1] == ()
     assert r.neighbours[UTID] == (Neighbour("p", "h:1", "", ""),)
+
+
+def test_neighbour_fallback_flag_round_trips_and_is_strict() -> None:
+    from p2pdist.core.errors import BodyInvalid
+    from p2pdist.wire.tracker import AnnounceReply, Neighbour
+
+    reply = AnnounceReply(1.0, {"a" * 64: (Neighbour("seed", "127.0.0.1:1", "", "all", fallback=True),
+                                           Neighbour("p1", "127.0.0.1:2", "z", ""))})
+    assert AnnounceReply.from_dict(reply.to_dict()) == reply
+    body = reply.to_dict()
+    body["tasks"]["a" * 64]["neighbours"][0]["fallback"] = "yes"
+    with pytest.raises(BodyInvalid):
+        AnnounceReply.from_dict(body)

@@ -44,7 +44,10 @@ Where a chunk goes (the rule, in order):
 - otherwise to an **eligible peer** with spare capacity: not dropped, not cooling down
   after ``busy``, holding the chunk (``have`` is None — unknown, may hold anything — or
   contains it) and not marked ``missing`` for it. Among those: one not yet tried for
-  this chunk, then the least loaded, then random.
+  this chunk, then a primary over a fallback, then the least loaded, then random.
+- a **fallback** source (``Source.fallback``: a tree child's seed while its parent
+  lags) is eligible for a chunk only once the primaries failed it, or none of them could
+  serve it for ``fallback_wait`` seconds; it never counts in availability.
 
 Which chunks go first among peer-fetchable ones is :func:`select_chunks` with the
 download's ``policy``; origin-bound chunks go lowest index first, as callers stream in
@@ -85,6 +88,10 @@ class Source:
     peer_id: str
     addr: str
     have: frozenset[int] | None = None
+    # A last resort (a tree child's seed while its parent lags): asked for a chunk only
+    # once the primary sources could not serve it for ``fallback_wait`` seconds, or failed
+    # it; never counted in availability, so rarest-first follows the primaries.
+    fallback: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,7 @@ class DownloadState:
         origin_fallback: bool = True,
         origin_in_flight: int = 4,
         source_wait: float = 30.0,
+        fallback_wait: float = 2.0,
         busy_backoff: float = 0.5,
         busy_attempts: int = 6,
         origin_retry: float = 1.0,
@@ -181,6 +189,7 @@ class DownloadState:
         self.origin_fallback = origin_fallback
         self.origin_in_flight = origin_in_flight
         self.source_wait = source_wait
+        self.fallback_wait = fallback_wait
         self.busy_backoff = busy_backoff
         self.busy_attempts = busy_attempts
         self.origin_retry = origin_retry
@@ -209,6 +218,7 @@ class DownloadState:
         self._busy: dict[int, int] = {}
         self._tried: dict[int, set[str]] = {}
         self._starving_since: dict[int, float] = {}
+        self._primary_starving_since: dict[int, float] = {}  # no non-fallback source could serve it
         self._done_sent = False
         self._now = float("-inf")  # the latest `now` seen
 
@@ -267,6 +277,8 @@ class DownloadState:
             if self.origin_fallback:
                 later += [t + self.source_wait for t in self._starving_since.values()]
                 later.append(self._origin_paused_until)
+            if any(s.fallback for s in self._live_sources()):
+                later += [t + self.fallback_wait for t in self._primary_starving_since.values()]
         times += [t for t in later if t > self._now]
         return min(times, default=None)
 
@@ -428,6 +440,7 @@ class DownloadState:
         self._busy.pop(index, None)
         self._tried.pop(index, None)
         self._starving_since.pop(index, None)
+        self._primary_starving_since.pop(index, None)
 
     def _drop(self, source: str) -> None:
         if source not in self._dropped:
@@ -442,7 +455,7 @@ class DownloadState:
         # the rarest-first order, so only known haves are counted here.
         avail: dict[int, int] = {}
         for s in self._live_sources():
-            if s.have is not None:
+            if s.have is not None and not s.fallback:
                 for i in s.have:
                     avail[i] = avail.get(i, 0) + 1
         self._avail = avail
@@ -463,19 +476,9 @@ class DownloadState:
             # Starvation clock: runs while no live source could serve a chunk. A source
             # cooling down after "busy" still counts (it is alive and will be asked
             # again); busy refusals are bounded by busy_attempts instead.
-            uncovered = pending
-            for s in live:
-                if not uncovered:
-                    break
-                miss = self._missing.get(s.peer_id, set())
-                if s.have is None:
-                    uncovered = uncovered & miss
-                else:
-                    uncovered = (uncovered - s.have) | (uncovered & miss)
-            for i in [i for i in self._starving_since if i not in uncovered]:
-                del self._starving_since[i]
-            for i in uncovered - self._starving_since.keys():
-                self._starving_since[i] = now
+            self._clock_uncovered(self._starving_since, self._uncovered(pending, live), now)
+            self._clock_uncovered(self._primary_starving_since,
+                                  self._uncovered(pending, [s for s in live if not s.fallback]), now)
 
             if self.origin_fallback and now >= self._origin_paused_until:
                 actions += self._schedule_origin(now, has_live=bool(live))
@@ -485,6 +488,33 @@ class DownloadState:
             self._done_sent = True
             actions.append(Done())
         return actions
+
+    def _uncovered(self, pending: set[int], sources: list[Source]) -> set[int]:
+        """The pending chunks none of ``sources`` could serve."""
+        uncovered = pending
+        for s in sources:
+            if not uncovered:
+                break
+            miss = self._missing.get(s.peer_id, set())
+            if s.have is None:
+                uncovered = uncovered & miss
+            else:
+                uncovered = (uncovered - s.have) | (uncovered & miss)
+        return uncovered
+
+    @staticmethod
+    def _clock_uncovered(since: dict[int, float], uncovered: set[int], now: float) -> None:
+        for i in [i for i in since if i not in uncovered]:
+            del since[i]
+        for i in uncovered - since.keys():
+            since[i] = now
+
+    def _fallback_allowed(self, now: float) -> set[int]:
+        """Chunks a fallback source may be asked for: the primaries failed them, or could
+        not serve them for ``fallback_wait`` seconds."""
+        out = {i for i, n in self._attempts.items() if n > 0}
+        out.update(i for i, t in self._primary_starving_since.items() if t + self.fallback_wait <= now)
+        return out
 
     def _schedule_origin(self, now: float, *, has_live: bool) -> list[Action]:
         free = min(
@@ -517,11 +547,13 @@ class DownloadState:
         actions: list[Action] = []
         cap = self.per_source_in_flight
         exhausted = self._exhausted() if self.origin_fallback else set()
+        allowed = self._fallback_allowed(now) if any(s.fallback for s in ready) else set()
         while self._pending and len(self._in_flight) < self.max_in_flight:
             spare = [s for s in ready if self._load.get(s.peer_id, 0) < cap]
             candidates: set[int] = set()
             for s in spare:
-                candidates |= self._could_serve(s, self._pending)
+                serve = self._could_serve(s, self._pending)
+                candidates |= (serve & allowed) if s.fallback else serve
             # Exhausted chunks belong to the origin; they wait for its capacity.
             candidates -= exhausted
             if not candidates:
@@ -541,6 +573,7 @@ class DownloadState:
                     if self._load.get(s.peer_id, 0) < cap
                     and (s.have is None or i in s.have)
                     and i not in self._missing.get(s.peer_id, ())
+                    and (not s.fallback or i in allowed)
                 ]
                 if not options:
                     continue
@@ -549,12 +582,14 @@ class DownloadState:
                     options,
                     key=lambda s: (
                         s.peer_id in tried,
+                        s.fallback,
                         self._load.get(s.peer_id, 0),
                         self._rng.random(),
                     ),
                 )
                 self._pending.discard(i)
                 self._starving_since.pop(i, None)
+                self._primary_starving_since.pop(i, None)
                 self._in_flight[i] = best.peer_id
                 self._load[best.peer_id] = self._load.get(best.peer_id, 0) + 1
                 deadline = now + self.chunk_timeout

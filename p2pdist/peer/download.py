@@ -149,7 +149,8 @@ class Download:
             if n.peer_id == self.env.peer_id:
                 continue
             have = decode_have(n.have, self.total)
-            srcs.append(Source(n.peer_id, n.addr, frozenset(have) if have is not None else None))
+            srcs.append(Source(n.peer_id, n.addr, frozenset(have) if have is not None else None,
+                               fallback=n.fallback))
         self._neighbours = srcs
         self._events_send.send_nowait(("sources", srcs))
         self._notify()

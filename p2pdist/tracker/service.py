@@ -201,8 +201,12 @@ class Tracker:
                               th.complete, now)
             task.peers.expire(now)
             chosen = choose_neighbours(task.peers, ann.peer_id, self.policy, self.rng, now)
+            # tree: a seed handed out beside the assigned parents is the last resort only
+            parents = set(task.peers.parent_of.get(ann.peer_id, ())) if self.policy.name == "tree" else None
             neighbours[th.task_id] = tuple(
-                Neighbour(e.peer_id, e.addr, e.zone, encode_have(e.have, e.complete)) for e in chosen)
+                Neighbour(e.peer_id, e.addr, e.zone, encode_have(e.have, e.complete),
+                          fallback=parents is not None and e.peer_id not in parents)
+                for e in chosen)
             self.metrics.announces.inc()
         return AnnounceReply(self.config.announce_interval, neighbours)
 

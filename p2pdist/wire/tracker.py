@@ -218,9 +218,11 @@ class Neighbour:
     addr: str
     zone: str
     have: str  # encoded
+    fallback: bool = False  # a last resort: ask it only when the others cannot serve
 
     def to_dict(self) -> dict[str, Any]:
-        return {"peer_id": self.peer_id, "addr": self.addr, "zone": self.zone, "have": self.have}
+        return {"peer_id": self.peer_id, "addr": self.addr, "zone": self.zone, "have": self.have,
+                "fallback": self.fallback}
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,7 @@ class AnnounceReply:
                 Neighbour(_str(n, "peer_id", "neighbour", pattern=_PEER_ID),
                           _str(n, "addr", "neighbour", pattern=_ADDR),
                           _str(n, "zone", "neighbour", pattern=_ZONE, default=""),
-                          n.get("have", "") if isinstance(n.get("have", ""), str) else "")
+                          n.get("have", "") if isinstance(n.get("have", ""), str) else "",
+                          _bool(n, "fallback", "neighbour"))
                 for n in (_obj(x, "neighbour") for x in ns))
         return cls(float(interval), out)
