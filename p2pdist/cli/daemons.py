@@ -39,7 +39,7 @@ def run_peer(args: argparse.Namespace, env: Mapping[str, str], setup_logging: Ca
     cfg = load_config(PeerConfig, path=args.config, env=env, overrides={
         "listen": args.listen, "data_dir": args.data_dir, "log_level": args.log_level,
         "trackers": args.tracker, "advertise": args.advertise, "zone": args.zone,
-        "capacity": args.capacity})
+        "capacity": args.capacity, "upstreams": args.upstream})
     setup_logging(cfg.log_level)
     trio.run(_run_until_signal, serve, cfg)
     return 0

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise", metavar="H:P", help="address other peers use to reach this one")
     p.add_argument("--zone", help="locality label (rack, zone) for neighbour choice")
     p.add_argument("--capacity", metavar="SIZE", help="store capacity, e.g. 20GiB (LRU eviction past it)")
+    p.add_argument("--upstream", action="append", metavar="HOST=URL",
+                   help="registry mirror upstream, e.g. docker.io=http://127.0.0.1:5101 (repeatable; the first is the default)")
 
     p = sub.add_parser("get", help="download a URL through the swarm (dfget-style)")
     p.add_argument("url")

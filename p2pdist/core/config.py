@@ -67,9 +67,22 @@ class PeerConfig:
     chunk_policy: str = field(default="rarest", metadata=_choice(*CHUNK_POLICIES))
     wire_compression: str = field(default="auto", metadata=_choice("auto", "off"))
     announce_interval: float = 1.0  # while downloading
+    upstreams: tuple[str, ...] = ()  # registry mirror: "HOST=URL", e.g. "docker.io=http://127.0.0.1:5101"
+    auth_cache_ttl: float = 30.0  # mirror: how long a client's right to read a repository is remembered
+    tag_cache_ttl: float = 0.0  # mirror: how long a tag's digest is remembered (0: ask upstream every time)
     log_level: str = field(default="info", metadata=_choice("debug", "info", "warning", "error"))
 
+    def upstream_map(self) -> dict[str, str]:
+        """``upstreams`` as {registry host: base URL}, in the order given."""
+        return dict(u.split("=", 1) for u in self.upstreams)
+
     def validate(self) -> None:
+        for u in self.upstreams:
+            host, sep, url = u.partition("=")
+            if not sep or not host or not url.startswith(("http://", "https://")):
+                raise ConfigError(f"config key 'upstreams': {u!r} is not HOST=URL with an http(s) URL")
+        if self.auth_cache_ttl < 0 or self.tag_cache_ttl < 0:
+            raise ConfigError("config keys 'auth_cache_ttl' and 'tag_cache_ttl' must not be negative")
         _positive(self, "upload_slots", "max_in_flight", "per_source_in_flight", "chunk_timeout",
                   "peer_attempts", "announce_interval")
         _hostport(self, "listen")

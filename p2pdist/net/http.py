@@ -313,7 +313,8 @@ class _ServerConn:
         body = response.body
         headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
         if isinstance(body, bytes):
-            length: int | None = len(body)
+            # a HEAD answer has no body but the length of the one a GET would get
+            length: int | None = len(body) if body or response.content_length is None else response.content_length
         elif isinstance(body, FileBody):
             length = body.count
         else:

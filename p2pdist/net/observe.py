@@ -32,6 +32,9 @@ class Metrics:
         self.peers = Gauge("p2pdist_tracker_peers", "Peers known to the tracker", registry=r)
         self.tasks = Gauge("p2pdist_tracker_tasks", "Tasks known to the tracker", registry=r)
         self.announces = Counter("p2pdist_tracker_announces", "Task announces handled", registry=r)
+        self.mirror_requests = Counter("p2pdist_mirror_requests", "Registry mirror requests",
+                                       ["kind", "status"], registry=r)
+        self.mirror_blob_bytes = Counter("p2pdist_mirror_blob_bytes", "Blob bytes sent to mirror clients", registry=r)
         self.service = service
 
 

@@ -28,6 +28,7 @@ import trio
 
 from p2pdist import __version__
 from p2pdist.backend.origin import HttpOrigin, Origin
+from p2pdist.backend.registry import RegistryClient
 from p2pdist.core.config import PeerConfig, split_hostport
 from p2pdist.core.errors import BadRequest, BlobUnknown, P2PError, TaskUnknown, Unavailable
 from p2pdist.core.task import TaskSpec
@@ -37,6 +38,7 @@ from p2pdist.net.http import Request, Response, Router, advertise_addr, serve_ht
 from p2pdist.net.observe import Metrics, add_health_routes
 from p2pdist.peer.download import BufferPool, Download, Env
 from p2pdist.peer.trackerclient import TrackerClient
+from p2pdist.proxy.mirror import Mirror
 from p2pdist.storage.chunkstore import ChunkStore
 from p2pdist.wire.tracker import Announce, TaskHave, decode_register, encode_have, parse_task_id
 
@@ -65,6 +67,9 @@ class Peer:
             buffers=BufferPool(config.max_in_flight + 2), limiter=trio.CapacityLimiter(4),
             request_announce=self._announce_now.set, peer_id=self.peer_id,
             rng=rng or random.Random())
+        self.registries = {host: RegistryClient(url) for host, url in config.upstream_map().items()}
+        self.mirror = Mirror(self.registries, self.start_download, metrics,
+                             auth_ttl=config.auth_cache_ttl, tag_ttl=config.tag_cache_ttl) if self.registries else None
 
     # -- downloads ------------------------------------------------------------------------
 
@@ -182,6 +187,8 @@ class Peer:
                 return "no tracker reachable and back_to_source is off"
             return None
 
+        if self.mirror is not None:
+            self.mirror.add_routes(r)
         add_health_routes(r, self.metrics, ready)
         return r
 
@@ -212,5 +219,7 @@ async def serve(config: PeerConfig, *, origin: Origin | None = None,
             await peer.env.chunks.aclose()
             if peer.trackers is not None:
                 await peer.trackers.aclose()
+            for registry in peer.registries.values():
+                await registry.aclose()
             if own_origin:
                 await origin.aclose()  # type: ignore[attr-defined]
