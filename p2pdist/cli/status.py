@@ -15,9 +15,18 @@ from p2pdist.peer.trackerclient import raise_for_error
 def format_status(st: dict) -> str:  # type: ignore[type-arg]
     lines = [f"tracker {st.get('version', '?')}  topology={st.get('topology', '?')}  "
              f"peers={len(st.get('peers', []))}  tasks={len(st.get('tasks', []))}", ""]
-    lines.append(f"{'PEER':<28} {'ADDRESS':<22} {'ZONE':<12} LAST SEEN")
+    lines.append(f"{'PEER':<24} {'ADDRESS':<22} {'ZONE':<10} {'VERSION':<8} {'CPU%':>5} {'RSS':>10} "
+                 f"{'DISK':>10} {'UP/s':>10} {'DOWN/s':>10} {'TASKS':>5} HEALTH")
     for p in st.get("peers", []):
-        lines.append(f"{p['peer_id']:<28} {p['addr']:<22} {p['zone'] or '-':<12} {p['last_seen_s']}s ago")
+        health = "stale" if p.get("stale") else "ok"
+        if p.get("version") is None:
+            lines.append(f"{p['peer_id']:<24} {p['addr']:<22} {p['zone'] or '-':<10} {'?':<8} "
+                         f"{'':>5} {'':>10} {'':>10} {'':>10} {'':>10} {'':>5} {health} (no heartbeat yet)")
+            continue
+        lines.append(f"{p['peer_id']:<24} {p['addr']:<22} {p['zone'] or '-':<10} {p['version']:<8} "
+                     f"{p['cpu_percent']:>5.1f} {format_size(p['rss_bytes']):>10} {format_size(p['disk_used_bytes']):>10} "
+                     f"{format_size(p['upload_bps']):>10} {format_size(p['download_bps']):>10} "
+                     f"{p['active_tasks']:>5} {health}")
     lines.append("")
     lines.append(f"{'TASK':<18} {'SIZE':>10} {'CHUNKS':>11} {'STATE':<8} {'PEERS':>5} {'DONE':>5} {'ORIGIN':>10}")
     for t in st.get("tasks", []):

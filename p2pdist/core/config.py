@@ -40,10 +40,11 @@ class TrackerConfig:
     peer_ttl: float = 30.0  # a peer that has not announced for this long is forgotten
     announce_interval: float = 5.0  # the interval told to idle peers; downloading peers announce faster
     upload_slots: int = 16
+    stale_after: float = 90.0  # a peer whose last heartbeat is older is shown as stale
     log_level: str = field(default="info", metadata=_choice("debug", "info", "warning", "error"))
 
     def validate(self) -> None:
-        _positive(self, "fanout", "swarm_size", "peer_ttl", "announce_interval", "upload_slots")
+        _positive(self, "fanout", "swarm_size", "peer_ttl", "announce_interval", "upload_slots", "stale_after")
         _hostport(self, "listen")
         if self.advertise is not None:
             _hostport(self, "advertise")
@@ -67,6 +68,7 @@ class PeerConfig:
     chunk_policy: str = field(default="rarest", metadata=_choice(*CHUNK_POLICIES))
     wire_compression: str = field(default="auto", metadata=_choice("auto", "off"))
     announce_interval: float = 1.0  # while downloading
+    heartbeat_interval: float = 30.0  # how often the peer reports itself to the tracker
     upstreams: tuple[str, ...] = ()  # registry mirror: "HOST=URL", e.g. "docker.io=http://127.0.0.1:5101"
     auth_cache_ttl: float = 30.0  # mirror: how long a client's right to read a repository is remembered
     tag_cache_ttl: float = 0.0  # mirror: how long a tag's digest is remembered (0: ask upstream every time)
@@ -84,7 +86,7 @@ class PeerConfig:
         if self.auth_cache_ttl < 0 or self.tag_cache_ttl < 0:
             raise ConfigError("config keys 'auth_cache_ttl' and 'tag_cache_ttl' must not be negative")
         _positive(self, "upload_slots", "max_in_flight", "per_source_in_flight", "chunk_timeout",
-                  "peer_attempts", "announce_interval")
+                  "peer_attempts", "announce_interval", "heartbeat_interval")
         _hostport(self, "listen")
         if self.advertise is not None:
             _hostport(self, "advertise")

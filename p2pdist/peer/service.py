@@ -17,10 +17,12 @@ Composition root: :func:`serve`.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import secrets
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,7 +42,14 @@ from p2pdist.peer.download import BufferPool, Download, Env
 from p2pdist.peer.trackerclient import TrackerClient
 from p2pdist.proxy.mirror import Mirror
 from p2pdist.storage.chunkstore import ChunkStore
-from p2pdist.wire.tracker import Announce, TaskHave, decode_register, encode_have, parse_task_id
+from p2pdist.wire.tracker import (
+    Announce,
+    Heartbeat,
+    TaskHave,
+    decode_register,
+    encode_have,
+    parse_task_id,
+)
 
 log = logging.getLogger("p2pdist.peer")
 
@@ -58,6 +67,8 @@ class Peer:
         self.peer_id = config.peer_id or f"{socket.gethostname()}-{secrets.token_hex(4)}"
         self.downloads: dict[str, Download] = {}
         self.slots = UploadSlots(config.upload_slots)
+        self._started = time.monotonic()
+        self._last_vitals = (self._started, sum(os.times()[:2]), 0.0, 0.0)
         self._announce_now = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.trackers = TrackerClient(config.trackers) if config.trackers else None
@@ -116,10 +127,40 @@ class Peer:
                 await self._announce_now.wait()
             await trio.sleep(MIN_ANNOUNCE_GAP)
 
+    def vitals(self, now: float) -> Heartbeat:
+        """This peer as its heartbeat reports it; rates are averaged since the last call."""
+        cpu = sum(os.times()[:2])
+        sent = self._counter("p2pdist_bytes_served_total")
+        got = self._counter("p2pdist_bytes_from_peers_total") + self._counter("p2pdist_bytes_from_origin_total")
+        last_now, last_cpu, last_sent, last_got = self._last_vitals
+        dt = max(now - last_now, 1e-6)
+        self._last_vitals = (now, cpu, sent, got)
+        stats = self.store.statistics()
+        return Heartbeat(
+            self.peer_id, self.advertise, __version__, self.config.zone,
+            uptime_s=round(now - self._started, 1), cpu_percent=round(100 * (cpu - last_cpu) / dt, 1),
+            rss_bytes=_rss_bytes(), disk_used_bytes=stats.used, disk_quota_bytes=stats.capacity,
+            upload_bps=round((sent - last_sent) / dt), download_bps=round((got - last_got) / dt),
+            active_tasks=sum(1 for d in self.downloads.values() if not d.finished.is_set()))
+
+    def _counter(self, name: str) -> float:
+        return self.metrics.registry.get_sample_value(name) or 0.0
+
+    async def heartbeater(self) -> None:
+        """Report this peer to the tracker every ``heartbeat_interval`` (the first at once)."""
+        assert self.trackers is not None
+        while True:
+            try:
+                await self.trackers.heartbeat(self.vitals(time.monotonic()))
+            except P2PError as exc:
+                log.warning("heartbeat failed: %s", exc)
+            await trio.sleep(self.config.heartbeat_interval)
+
     def status(self) -> dict[str, Any]:
         stats = self.store.statistics()
         return {"service": "peer", "peer_id": self.peer_id, "version": __version__,
                 "addr": self.advertise, "zone": self.config.zone,
+                "uptime_s": round(time.monotonic() - self._started, 1), "rss_bytes": _rss_bytes(),
                 "store": {"chunks": stats.chunks, "used": stats.used, "capacity": stats.capacity},
                 "upload_slots": {"in_use": self.slots.in_use, "total": self.slots.slots},
                 "tasks": [d.summary() for d in self.downloads.values()]}
@@ -193,6 +234,15 @@ class Peer:
         return r
 
 
+def _rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _valid_node(n: str) -> bool:
     return _NODE.fullmatch(n) is not None and n.rpartition(":")[2].isdigit()
 
@@ -212,6 +262,7 @@ async def serve(config: PeerConfig, *, origin: Origin | None = None,
             peer.advertise = advertise_addr(config.listen, bound, config.advertise)
             if peer.trackers is not None:
                 nursery.start_soon(peer.announcer)
+                nursery.start_soon(peer.heartbeater)
             log.info("peer %s listening on %s (advertised as %s)", peer.peer_id, config.listen, peer.advertise)
             task_status.started(peer)
     finally:

@@ -15,7 +15,7 @@ import httpx
 
 from p2pdist.core.errors import P2PError, Unavailable, error_from_code
 from p2pdist.core.task import TaskSpec
-from p2pdist.wire.tracker import Announce, AnnounceReply, MapProgress, encode_register
+from p2pdist.wire.tracker import Announce, AnnounceReply, Heartbeat, MapProgress, encode_register
 
 TIMEOUT = httpx.Timeout(connect=3.0, read=40.0, write=10.0, pool=5.0)
 
@@ -79,6 +79,9 @@ class TrackerClient:
 
     async def announce(self, ann: Announce) -> AnnounceReply:
         return AnnounceReply.from_dict(await self._call("POST", "/api/v1/announce", json=ann.to_dict()))
+
+    async def heartbeat(self, hb: Heartbeat) -> None:
+        await self._call("POST", "/api/v1/heartbeat", json=hb.to_dict())
 
     async def status(self) -> dict[str, Any]:
         return await self._call("GET", "/api/v1/status")

@@ -30,14 +30,18 @@ from p2pdist.net.chunkserver import UploadSlots, make_chunk_handler
 from p2pdist.net.http import Request, Response, Router, advertise_addr, serve_http
 from p2pdist.net.observe import Metrics, add_health_routes
 from p2pdist.storage.chunkstore import ChunkStore
+from p2pdist.tracker.ui import PAGE
 from p2pdist.wire.tracker import (
     MAX_ANNOUNCE_BYTES,
+    MAX_HEARTBEAT_BYTES,
     Announce,
     AnnounceReply,
+    Heartbeat,
     MapProgress,
     Neighbour,
     decode_announce,
     decode_have,
+    decode_heartbeat,
     decode_register,
     encode_have,
     parse_task_id,
@@ -47,6 +51,31 @@ log = logging.getLogger("p2pdist.tracker")
 
 SEED_ID = "tracker"
 MAX_WAIT = 30.0
+
+
+@dataclass
+class PeerRecord:
+    """What the tracker knows of one peer: where it is, when it last spoke, its last
+    heartbeat. A peer whose heartbeat is older than ``stale_after`` is shown as stale."""
+
+    addr: str
+    zone: str
+    last_seen: float
+    last_heartbeat: float | None = None
+    heartbeat: Heartbeat | None = None
+
+    def view(self, peer_id: str, now: float, stale_after: float) -> dict[str, object]:
+        hb = self.heartbeat
+        beat_age = None if self.last_heartbeat is None else now - self.last_heartbeat
+        out: dict[str, object] = {
+            "peer_id": peer_id, "addr": self.addr, "zone": self.zone,
+            "last_seen_s": round(now - self.last_seen, 1),
+            "last_heartbeat_s": None if beat_age is None else round(beat_age, 1),
+            "stale": beat_age is None or beat_age > stale_after,
+        }
+        if hb is not None:
+            out.update({k: v for k, v in hb.to_dict().items() if k not in ("peer_id", "addr", "zone")})
+        return out
 
 
 @dataclass
@@ -96,7 +125,7 @@ class Tracker:
         self.clock = clock
         self.tasks: dict[str, TrackerTask] = {}
         self.policy = NeighbourPolicy(config.topology, fanout=config.fanout, swarm_size=config.swarm_size)
-        self.peer_seen: dict[str, tuple[str, str, float]] = {}  # peer_id -> (addr, zone, last_seen)
+        self.fleet: dict[str, PeerRecord] = {}
         self._nursery: trio.Nursery | None = None
 
     # -- tasks ----------------------------------------------------------------------------
@@ -191,7 +220,7 @@ class Tracker:
 
     def announce(self, ann: Announce) -> AnnounceReply:
         now = self.clock()
-        self.peer_seen[ann.peer_id] = (ann.addr, ann.zone, now)
+        self._record(ann.peer_id, ann.addr, ann.zone, now)
         neighbours: dict[str, tuple[Neighbour, ...]] = {}
         for th in ann.tasks:
             task = self._task(th.task_id)
@@ -210,22 +239,34 @@ class Tracker:
             self.metrics.announces.inc()
         return AnnounceReply(self.config.announce_interval, neighbours)
 
+    def _record(self, peer_id: str, addr: str, zone: str, now: float) -> PeerRecord:
+        rec = self.fleet.get(peer_id)
+        if rec is None:
+            rec = self.fleet[peer_id] = PeerRecord(addr, zone, now)
+        rec.addr, rec.zone, rec.last_seen = addr, zone, now
+        return rec
+
+    def heartbeat(self, hb: Heartbeat) -> None:
+        now = self.clock()
+        rec = self._record(hb.peer_id, hb.addr, hb.zone, now)
+        rec.heartbeat, rec.last_heartbeat = hb, now
+
     def expire(self) -> None:
         now = self.clock()
         for task in self.tasks.values():
             task.peers.expire(now)
-        for pid, (_, _, seen) in list(self.peer_seen.items()):
-            if now - seen > self.config.peer_ttl:
-                del self.peer_seen[pid]
-        self.metrics.peers.set(len(self.peer_seen))
+        forget_after = max(self.config.peer_ttl, 3 * self.config.stale_after)
+        for pid, rec in list(self.fleet.items()):
+            if now - rec.last_seen > forget_after:
+                del self.fleet[pid]
+        self.metrics.peers.set(len(self.fleet))
         self.metrics.tasks.set(len(self.tasks))
 
     def status(self) -> dict[str, object]:
         now = self.clock()
         return {
             "service": "tracker", "version": __version__, "topology": self.config.topology,
-            "peers": [{"peer_id": pid, "addr": a, "zone": z, "last_seen_s": round(now - s, 1)}
-                      for pid, (a, z, s) in sorted(self.peer_seen.items())],
+            "peers": [rec.view(pid, now, self.config.stale_after) for pid, rec in sorted(self.fleet.items())],
             "tasks": [{
                 "task_id": t.task_id, "digest": str(t.sealed.digest) if t.sealed else None,
                 "size": t.size, "chunks_published": len(t.chunks), "chunks_total": t.total,
@@ -260,11 +301,21 @@ class Tracker:
         async def status(request: Request) -> Response:
             return Response.json(self.status())
 
+        async def heartbeat(request: Request) -> Response:
+            self.heartbeat(decode_heartbeat(await request.json(MAX_HEARTBEAT_BYTES)))
+            return Response.json({"stale_after": self.config.stale_after})
+
         slots = UploadSlots(self.config.upload_slots)
         r.route("POST", "/api/v1/tasks", register)
         r.route("GET", "/api/v1/tasks/{task_id}/map", get_map)
         r.route("POST", "/api/v1/announce", announce)
         r.route("GET", "/api/v1/status", status)
+        r.route("POST", "/api/v1/heartbeat", heartbeat)
+
+        async def ui(request: Request) -> Response:
+            return Response.text(PAGE, content_type="text/html; charset=utf-8")
+
+        r.route("GET", "/ui", ui)
         r.route("GET", "/chunks/{name}", make_chunk_handler(
             self.store, slots, on_served=self.metrics.bytes_served.inc))
 

@@ -256,3 +256,51 @@ class AnnounceReply:
                           _bool(n, "fallback", "neighbour"))
                 for n in (_obj(x, "neighbour") for x in ns))
         return cls(float(interval), out)
+
+
+# -- heartbeat --------------------------------------------------------------------------
+
+MAX_HEARTBEAT_BYTES = 16 * 1024
+_VERSION = re.compile(r"[A-Za-z0-9.+_-]{1,64}")
+HEARTBEAT_NUMBERS = ("uptime_s", "cpu_percent", "rss_bytes", "disk_used_bytes", "upload_bps",
+                     "download_bps", "active_tasks")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A peer's periodic report of itself (every 30 s by default)."""
+
+    peer_id: str
+    addr: str
+    version: str
+    zone: str = ""
+    uptime_s: float = 0.0
+    cpu_percent: float = 0.0
+    rss_bytes: int = 0
+    disk_used_bytes: int = 0
+    disk_quota_bytes: int | None = None
+    upload_bps: float = 0.0
+    download_bps: float = 0.0
+    active_tasks: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def decode_heartbeat(body: Any) -> Heartbeat:
+    d = _obj(body, "heartbeat")
+    numbers: dict[str, Any] = {}
+    for k in HEARTBEAT_NUMBERS:
+        v = d.get(k, 0)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not (0 <= v < 1e18):
+            raise BodyInvalid(f"heartbeat: field {k!r} must be a non-negative number")
+        numbers[k] = v
+    quota = d.get("disk_quota_bytes")
+    if quota is not None and (isinstance(quota, bool) or not isinstance(quota, int) or quota < 0):
+        raise BodyInvalid("heartbeat: field 'disk_quota_bytes' must be a non-negative integer or null")
+    return Heartbeat(
+        _str(d, "peer_id", "heartbeat", pattern=_PEER_ID), _str(d, "addr", "heartbeat", pattern=_ADDR),
+        _str(d, "version", "heartbeat", pattern=_VERSION), _str(d, "zone", "heartbeat", pattern=_ZONE, default=""),
+        float(numbers["uptime_s"]), float(numbers["cpu_percent"]), int(numbers["rss_bytes"]),
+        int(numbers["disk_used_bytes"]), quota, float(numbers["upload_bps"]), float(numbers["download_bps"]),
+        int(numbers["active_tasks"]))
