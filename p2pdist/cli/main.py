@@ -7,7 +7,6 @@ bad configuration. Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", metavar="H:P", help="address to listen on")
     p.add_argument("--data-dir", metavar="D", help="where chunks and chunk maps are kept")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["text", "json"], help="json: one object per line")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,22 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "tracker":
             from p2pdist.cli.daemons import run_tracker
 
-            return run_tracker(args, os.environ, _setup_logging)
+            return run_tracker(args, os.environ)
         if args.command == "peer":
             from p2pdist.cli.daemons import run_peer
 
-            return run_peer(args, os.environ, _setup_logging)
+            return run_peer(args, os.environ)
         if args.command == "get":
             from p2pdist.cli.get import run_get
 

@@ -42,6 +42,7 @@ class TrackerConfig:
     upload_slots: int = 16
     stale_after: float = 90.0  # a peer whose last heartbeat is older is shown as stale
     log_level: str = field(default="info", metadata=_choice("debug", "info", "warning", "error"))
+    log_format: str = field(default="text", metadata=_choice("text", "json"))
 
     def validate(self) -> None:
         _positive(self, "fanout", "swarm_size", "peer_ttl", "announce_interval", "upload_slots", "stale_after")
@@ -73,6 +74,7 @@ class PeerConfig:
     auth_cache_ttl: float = 30.0  # mirror: how long a client's right to read a repository is remembered
     tag_cache_ttl: float = 0.0  # mirror: how long a tag's digest is remembered (0: ask upstream every time)
     log_level: str = field(default="info", metadata=_choice("debug", "info", "warning", "error"))
+    log_format: str = field(default="text", metadata=_choice("text", "json"))
 
     def upstream_map(self) -> dict[str, str]:
         """``upstreams`` as {registry host: base URL}, in the order given."""

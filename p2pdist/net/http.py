@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,23 +151,26 @@ class Router:
     ``{name:.+}`` for a regex of your own."""
 
     def __init__(self) -> None:
-        self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
+        self._routes: list[tuple[re.Pattern[str], str, dict[str, Handler]]] = []
+        # called with (route pattern, seconds) after each handled request; the pattern, not
+        # the path, so a metric's label set stays small
+        self.observe: Callable[[str, float], None] | None = None
 
     def route(self, methods: str | Iterable[str], pattern: str, handler: Handler) -> None:
         if isinstance(methods, str):
             methods = [methods]
         regex = re.sub(r"\{(\w+)(?::([^}]+))?\}", lambda m: f"(?P<{m[1]}>{m[2] or '[^/]+'})", pattern)
         compiled = re.compile(regex + r"\Z")
-        for existing, table in self._routes:
+        for existing, _, table in self._routes:
             if existing.pattern == compiled.pattern:
                 for m in methods:
                     table[m] = handler
                 return
-        self._routes.append((compiled, {m: handler for m in methods}))
+        self._routes.append((compiled, pattern, {m: handler for m in methods}))
 
     async def __call__(self, request: Request) -> Response:
-        for pattern, table in self._routes:
-            m = pattern.match(request.path)
+        for regex, pattern, table in self._routes:
+            m = regex.match(request.path)
             if m is None:
                 continue
             handler = table.get(request.method)
@@ -175,7 +179,13 @@ class Router:
             if handler is None:
                 raise MethodNotAllowed(f"{request.method} is not supported on {request.path}")
             request.params = m.groupdict()
-            return await handler(request)
+            if self.observe is None:
+                return await handler(request)
+            start = time.perf_counter()
+            try:
+                return await handler(request)
+            finally:
+                self.observe(pattern, time.perf_counter() - start)
         raise NotFound(f"no such endpoint: {request.path[:200]}")
 
 
