@@ -41,6 +41,7 @@ class TrackerConfig:
     announce_interval: float = 5.0  # the interval told to idle peers; downloading peers announce faster
     upload_slots: int = 16
     stale_after: float = 90.0  # a peer whose last heartbeat is older is shown as stale
+    cluster_secret: str | None = field(default=None, repr=False)  # shared by trackers and peers; None: no component auth
     log_level: str = field(default="info", metadata=_choice("debug", "info", "warning", "error"))
     log_format: str = field(default="text", metadata=_choice("text", "json"))
 
@@ -70,6 +71,7 @@ class PeerConfig:
     wire_compression: str = field(default="auto", metadata=_choice("auto", "off"))
     announce_interval: float = 1.0  # while downloading
     heartbeat_interval: float = 30.0  # how often the peer reports itself to the tracker
+    cluster_secret: str | None = field(default=None, repr=False)  # sent to trackers and peers, required from them
     upstreams: tuple[str, ...] = ()  # registry mirror: "HOST=URL", e.g. "docker.io=http://127.0.0.1:5101"
     auth_cache_ttl: float = 30.0  # mirror: how long a client's right to read a repository is remembered
     tag_cache_ttl: float = 0.0  # mirror: how long a tag's digest is remembered (0: ask upstream every time)

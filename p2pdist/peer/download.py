@@ -47,6 +47,7 @@ from p2pdist.core.errors import (
 )
 from p2pdist.core.task import TaskSpec
 from p2pdist.engine.download import Done, DownloadState, Expired, Fetch, FetchOrigin, Source
+from p2pdist.net.auth import token_headers
 from p2pdist.net.chunkclient import ChunkClient
 from p2pdist.net.observe import Metrics
 from p2pdist.peer.trackerclient import TrackerClient
@@ -292,7 +293,7 @@ class Download:
                                  f"whose bytes hash to sha256:{sha.hexdigest()}")
 
     async def _map_from_nodes(self) -> ChunkMap | None:
-        async with httpx.AsyncClient(timeout=10.0) as client:
+        async with httpx.AsyncClient(timeout=10.0, headers=token_headers(self.env.config.cluster_secret)) as client:
             for addr in self.nodes:
                 try:
                     r = await client.get(f"http://{addr}/maps/{self.task_id}")

@@ -34,6 +34,7 @@ from p2pdist.backend.registry import RegistryClient
 from p2pdist.core.config import PeerConfig, split_hostport
 from p2pdist.core.errors import BadRequest, BlobUnknown, P2PError, TaskUnknown, Unavailable
 from p2pdist.core.task import TaskSpec
+from p2pdist.net.auth import require_token, token_headers
 from p2pdist.net.chunkclient import ChunkClient
 from p2pdist.net.chunkserver import UploadSlots, make_chunk_handler
 from p2pdist.net.http import Request, Response, Router, advertise_addr, serve_http
@@ -71,9 +72,10 @@ class Peer:
         self._last_vitals = (self._started, sum(os.times()[:2]), 0.0, 0.0)
         self._announce_now = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self.trackers = TrackerClient(config.trackers) if config.trackers else None
+        self.trackers = (TrackerClient(config.trackers, headers=token_headers(config.cluster_secret))
+                         if config.trackers else None)
         self.env = Env(
-            config=config, store=store, origin=origin, chunks=ChunkClient(),
+            config=config, store=store, origin=origin, chunks=ChunkClient(headers=token_headers(config.cluster_secret)),
             trackers=self.trackers, metrics=metrics,
             buffers=BufferPool(config.max_in_flight + 2), limiter=trio.CapacityLimiter(4),
             request_announce=self._announce_now.set, peer_id=self.peer_id,
@@ -111,17 +113,18 @@ class Peer:
             for d in waiting:
                 if not any(t.task_id == d.task_id for t in tasks):
                     tasks.append(TaskHave(d.task_id, "", False))
-            if tasks:
-                try:
-                    reply = await self.trackers.announce(Announce(self.peer_id, self.advertise, self.config.zone, tuple(tasks)))
-                except P2PError as exc:
-                    log.warning("announce failed: %s", exc)
-                else:
-                    interval = reply.interval
-                    for tid, ns in reply.neighbours.items():
-                        d = self.downloads.get(tid)
-                        if d is not None and not d.finished.is_set():
-                            d.on_neighbours(ns)
+            # announce even with no tasks: an idle peer must still be listed by the tracker
+            # (``preheat`` picks its targets from the tracker's peer list)
+            try:
+                reply = await self.trackers.announce(Announce(self.peer_id, self.advertise, self.config.zone, tuple(tasks)))
+            except P2PError as exc:
+                log.warning("announce failed: %s", exc)
+            else:
+                interval = reply.interval
+                for tid, ns in reply.neighbours.items():
+                    d = self.downloads.get(tid)
+                    if d is not None and not d.finished.is_set():
+                        d.on_neighbours(ns)
             wait = self.config.announce_interval if running else interval
             with trio.move_on_after(wait):
                 await self._announce_now.wait()
@@ -206,14 +209,16 @@ class Peer:
         async def status(request: Request) -> Response:
             return Response.json(self.status())
 
-        r.route("GET", "/chunks/{name}", make_chunk_handler(
+        guard = self.config.cluster_secret
+        r.route("GET", "/chunks/{name}", require_token(guard, make_chunk_handler(
             self.store, self.slots, compression=self.config.wire_compression == "auto",
-            on_served=self.metrics.bytes_served.inc))
-        r.route("GET", "/maps/{task_id}", get_map)
-        r.route("POST", "/api/v1/fetch", fetch)
-        r.route("POST", "/api/v1/tasks", start)
-        r.route("GET", "/api/v1/tasks/{task_id}", task)
-        r.route("GET", "/api/v1/status", status)
+            on_served=self.metrics.bytes_served.inc)))
+        r.route("GET", "/maps/{task_id}", require_token(guard, get_map))
+        # the local API: the CLI on this node, or the operator's tools with the secret
+        r.route("POST", "/api/v1/fetch", require_token(guard, fetch, allow_loopback=True))
+        r.route("POST", "/api/v1/tasks", require_token(guard, start, allow_loopback=True))
+        r.route("GET", "/api/v1/tasks/{task_id}", require_token(guard, task, allow_loopback=True))
+        r.route("GET", "/api/v1/status", require_token(guard, status, allow_loopback=True))
 
         async def ready() -> str | None:
             try:

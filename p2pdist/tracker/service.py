@@ -26,6 +26,7 @@ from p2pdist.core.config import TrackerConfig, split_hostport
 from p2pdist.core.errors import BadRequest, P2PError, TaskUnknown, p2p_error_in
 from p2pdist.core.task import TaskSpec
 from p2pdist.engine.neighbours import NeighbourPolicy, PeerEntry, TaskPeers, choose_neighbours
+from p2pdist.net.auth import require_token
 from p2pdist.net.chunkserver import UploadSlots, make_chunk_handler
 from p2pdist.net.http import Request, Response, Router, advertise_addr, serve_http
 from p2pdist.net.observe import Metrics, add_health_routes
@@ -306,18 +307,19 @@ class Tracker:
             return Response.json({"stale_after": self.config.stale_after})
 
         slots = UploadSlots(self.config.upload_slots)
-        r.route("POST", "/api/v1/tasks", register)
-        r.route("GET", "/api/v1/tasks/{task_id}/map", get_map)
-        r.route("POST", "/api/v1/announce", announce)
-        r.route("GET", "/api/v1/status", status)
-        r.route("POST", "/api/v1/heartbeat", heartbeat)
+        guard = self.config.cluster_secret
+        r.route("POST", "/api/v1/tasks", require_token(guard, register))
+        r.route("GET", "/api/v1/tasks/{task_id}/map", require_token(guard, get_map))
+        r.route("POST", "/api/v1/announce", require_token(guard, announce))
+        r.route("POST", "/api/v1/heartbeat", require_token(guard, heartbeat))
+        r.route("GET", "/api/v1/status", status)  # the read-only fleet view, as /ui shows it
 
         async def ui(request: Request) -> Response:
             return Response.text(PAGE, content_type="text/html; charset=utf-8")
 
         r.route("GET", "/ui", ui)
-        r.route("GET", "/chunks/{name}", make_chunk_handler(
-            self.store, slots, on_served=self.metrics.bytes_served.inc))
+        r.route("GET", "/chunks/{name}", require_token(guard, make_chunk_handler(
+            self.store, slots, on_served=self.metrics.bytes_served.inc)))
 
         async def ready() -> str | None:
             return None
