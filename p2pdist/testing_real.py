@@ -308,9 +308,9 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def busybox_layer_tar(busybox: str = "/bin/busybox") -> bytes:
-    """A layer with the static ``/bin/busybox`` (Debian ``busybox-static``) and the few
-    dirs a container needs."""
+def busybox_layer_tar(busybox: str = "/bin/busybox", extra: Mapping[str, bytes] | None = None) -> bytes:
+    """A layer with the static ``/bin/busybox`` (Debian ``busybox-static``), a minimal
+    /etc/passwd and /tmp, plus ``extra`` files (to make layers of distinct images differ)."""
     p = Path(busybox)
     if not p.exists():
         raise ComponentMissing(f"{busybox} missing (apt-get install busybox-static)")
@@ -318,7 +318,7 @@ def busybox_layer_tar(busybox: str = "/bin/busybox") -> bytes:
     if b"\x7fELF" != data[:4]:
         raise ComponentMissing(f"{busybox} is not an ELF binary")
     return layer_tar({"bin/busybox": data, "etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n",
-                      "etc/group": b"root:x:0:\n", "tmp/.keep": b""},
+                      "etc/group": b"root:x:0:\n", "tmp/.keep": b"", **(extra or {})},
                      modes={"bin/busybox": 0o755})
 
 
@@ -331,7 +331,9 @@ class TestImages:
     - ``big``: one uncompressed-tar layer of ``big_size`` (>= 100 MiB) seeded random bytes, plus
       a small layer (docker);
     - ``busybox``: runnable, ``/bin/busybox`` + Cmd ``["/bin/busybox","true"]`` (docker);
-    - ``oci_busybox``: the same with OCI media types;
+    - ``oci_busybox``: the same with OCI media types (and a layer of its own);
+
+    No two images share a layer, so "the registry sent each layer once" is easy to assert.
     - ``multiarch`` / ``oci_multiarch``: an index with linux/amd64 + linux/arm64 children.
     """
 
@@ -381,7 +383,8 @@ class TestImages:
     @property
     def oci_busybox(self) -> Image:
         return self._get("oci_busybox", lambda: self.cache.build(
-            [busybox_layer_tar()], media="oci", cmd=["/bin/busybox", "true"]))
+            [busybox_layer_tar(extra={"etc/p2pdist-variant": b"oci\n"})], media="oci",
+            cmd=["/bin/busybox", "true"]))
 
     def _multiarch(self, media: Media) -> Index:
         seed = 50 if media == "docker" else 60
@@ -545,13 +548,11 @@ class TokenServer:
         return r
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve on 127.0.0.1 (a free port) until cancelled; ``started(port)``."""
         from p2pdist.net.http import serve_http
 
-        async def started_hook(*, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-            await serve_http(self.router(), "127.0.0.1", 0, task_status=task_status)
-
         async with trio.open_nursery() as n:
-            self.port = await n.start(started_hook)
+            self.port = await n.start(serve_http, self.router(), "127.0.0.1", 0)
             task_status.started(self.port)
 
 
@@ -718,7 +719,9 @@ async def start_registry(tmp: Path | None = None, *, auth: Literal["none", "basi
                          port: int | None = None, ready_timeout: float = 10.0) -> AsyncIterator[Registry]:
     """Start ``docker-registry serve`` on 127.0.0.1 (a free port unless ``port``), with its
     config, data, htpasswd/cert and logs in a fresh dir under ``tmp``. Token mode also runs a
-    :class:`TokenServer` in this task's nursery. Stopped (SIGTERM, then SIGKILL) on exit."""
+    :class:`TokenServer` in this task's nursery. Stopped (SIGTERM, then SIGKILL) on exit;
+    without ``tmp`` its dir under /tmp is removed then too (with ``tmp`` the logs stay for
+    post-mortems)."""
     require_binaries("docker-registry")
     if users is None:
         users = {"alice": "alice-secret"} if auth != "none" else {}
@@ -759,6 +762,8 @@ async def start_registry(tmp: Path | None = None, *, auth: Literal["none", "basi
         finally:
             with trio.CancelScope(shield=True):
                 await _stop_process(reg.process)
+                if tmp is None:
+                    await trio.to_thread.run_sync(shutil.rmtree, base, True)
             nursery.cancel_scope.cancel()
 
 
@@ -936,6 +941,34 @@ def _umount_under(root: Path) -> None:
     for mp in sorted(mounts, key=len, reverse=True):
         subprocess.run(["umount", "-l", mp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        check=False)
+
+
+def remove_cgroup(name: str) -> None:
+    """Kill what is left in cgroup ``name`` (in every v1 hierarchy, and v2) and remove it.
+    dockerd with cgroupfs leaves its ``--cgroup-parent`` dirs behind."""
+    base = Path("/sys/fs/cgroup")
+    tops = [base / name] + [h / name for h in base.iterdir() if h.is_dir()] if base.exists() else []
+    for top in tops:
+        if not top.is_dir():
+            continue
+        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+        for d in [*dirs, top]:
+            try:
+                for pid in (d / "cgroup.procs").read_text().split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            except OSError:
+                pass
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
 
 
 def _rm_tree(root: Path) -> None:
@@ -1141,6 +1174,7 @@ async def start_dockerd(*, mirrors: Sequence[str] = (), insecure_registries: Seq
                     if d._client is not None:
                         d._client.close()
                     await _stop_process(d.process, timeout=10)
+                    await trio.to_thread.run_sync(remove_cgroup, d.cgroup_parent)
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(_rm_tree, root)
