@@ -42,11 +42,13 @@ class TrackerConfig:
     upload_slots: int = 16
     stale_after: float = 90.0  # a peer whose last heartbeat is older is shown as stale
     cluster_secret: str | None = field(default=None, repr=False)  # shared by trackers and peers; None: no component auth
+    origin_concurrency: int = 4  # back-to-source budget: concurrent origin fetches per origin host
     log_level: str = field(default="info", metadata=_choice("debug", "info", "warning", "error"))
     log_format: str = field(default="text", metadata=_choice("text", "json"))
 
     def validate(self) -> None:
-        _positive(self, "fanout", "swarm_size", "peer_ttl", "announce_interval", "upload_slots", "stale_after")
+        _positive(self, "fanout", "swarm_size", "peer_ttl", "announce_interval", "upload_slots", "stale_after",
+                  "origin_concurrency")
         _hostport(self, "listen")
         if self.advertise is not None:
             _hostport(self, "advertise")
@@ -72,6 +74,8 @@ class PeerConfig:
     announce_interval: float = 1.0  # while downloading
     heartbeat_interval: float = 30.0  # how often the peer reports itself to the tracker
     cluster_secret: str | None = field(default=None, repr=False)  # sent to trackers and peers, required from them
+    upload_rate: int | None = field(default=None, metadata={"size": True})  # bytes/s served to peers; None: uncapped
+    download_rate: int | None = field(default=None, metadata={"size": True})  # bytes/s fetched from peers
     upstreams: tuple[str, ...] = ()  # registry mirror: "HOST=URL", e.g. "docker.io=http://127.0.0.1:5101"
     auth_cache_ttl: float = 30.0  # mirror: how long a client's right to read a repository is remembered
     tag_cache_ttl: float = 0.0  # mirror: how long a tag's digest is remembered (0: ask upstream every time)
@@ -115,6 +119,21 @@ def _hostport(cfg: Any, key: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"config key {key!r}: expected HOST:PORT, got {value!r}")
+
+
+# keys a running service applies on reload (SIGHUP or a changed file); the rest need a restart
+LIVE_KEYS = {
+    TrackerConfig: {"topology", "fanout", "swarm_size", "upload_slots", "log_level", "log_format",
+                    "peer_ttl", "announce_interval", "stale_after"},
+    PeerConfig: {"upload_rate", "download_rate", "upload_slots", "log_level", "log_format",
+                 "max_in_flight", "per_source_in_flight", "chunk_timeout", "peer_attempts",
+                 "back_to_source", "chunk_policy", "wire_compression", "announce_interval",
+                 "heartbeat_interval", "auth_cache_ttl", "tag_cache_ttl"},
+}
+
+
+def changed_keys(old: Any, new: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(old) if getattr(old, f.name) != getattr(new, f.name)}
 
 
 def split_hostport(value: str) -> tuple[str, int]:

@@ -19,6 +19,7 @@ from collections import defaultdict
 import trio
 
 from p2pdist.core.errors import Busy, ChunkUnknown, P2PError, Unavailable, error_from_code
+from p2pdist.net.throttle import TokenBucket
 
 MAX_HEAD = 16 * 1024
 MAX_ERROR_BODY = 64 * 1024
@@ -35,12 +36,13 @@ class _Conn:
 
 class ChunkClient:
     def __init__(self, *, headers: dict[str, str] | None = None, connect_timeout: float = 5.0,
-                 max_idle_per_host: int = 8):
+                 max_idle_per_host: int = 8, throttle: TokenBucket | None = None):
         self._idle: dict[str, list[_Conn]] = defaultdict(list)
         self._extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle_per_host
         self.bytes_received = 0
+        self.throttle = throttle  # a download cap, shared by every fetch of this client
 
     async def _connect(self, addr: str) -> _Conn:
         host, _, port = addr.rpartition(":")
@@ -159,6 +161,8 @@ class ChunkClient:
             if n == 0:
                 raise _ShortRead(f"connection closed after {got} of {length} bytes")
             got += n
+            if self.throttle is not None:
+                await self.throttle.consume(n)
 
     async def aclose(self) -> None:
         for conns in self._idle.values():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import trio
 import zstandard
@@ -20,6 +20,7 @@ import zstandard
 from p2pdist.core.digest import parse_chunk_name
 from p2pdist.core.errors import Busy
 from p2pdist.net.http import FileBody, Handler, Request, Response
+from p2pdist.net.throttle import TokenBucket
 from p2pdist.storage.chunkstore import ChunkStore
 
 SAMPLE = 64 * 1024
@@ -56,9 +57,18 @@ def _compress_file(fd: int, size: int) -> bytes:
     return zstandard.ZstdCompressor(level=1, write_content_size=True).compress(data)
 
 
+async def _paced(body: bytes, throttle: TokenBucket) -> AsyncIterator[bytes]:
+    view = memoryview(body)
+    for i in range(0, len(body), 256 * 1024):
+        piece = view[i:i + 256 * 1024]
+        yield bytes(piece)
+        await throttle.consume(len(piece))
+
+
 def make_chunk_handler(store: ChunkStore, slots: UploadSlots, *, compression: bool = True,
                        on_served: Callable[[int], None] | None = None,
-                       limiter: trio.CapacityLimiter | None = None) -> Handler:
+                       limiter: trio.CapacityLimiter | None = None,
+                       throttle: TokenBucket | None = None) -> Handler:
     memo: OrderedDict[str, bool] = OrderedDict()
 
     async def handle(request: Request) -> Response:
@@ -95,11 +105,13 @@ def make_chunk_handler(store: ChunkStore, slots: UploadSlots, *, compression: bo
                     if on_served:
                         on_served(size)
                     return Response(200, [("content-type", "application/octet-stream"),
-                                          ("content-encoding", "zstd")], body, on_close=release)
+                                          ("content-encoding", "zstd")],
+                                    _paced(body, throttle) if throttle is not None else body,
+                                    content_length=len(body), on_close=release)
             if on_served:
                 on_served(size)
             return Response(200, [("content-type", "application/octet-stream")],
-                            FileBody(fd, 0, size), on_close=release)
+                            FileBody(fd, 0, size, throttle), on_close=release)
         except BaseException:
             os.close(fd)
             release()

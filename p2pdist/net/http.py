@@ -39,6 +39,7 @@ from p2pdist.core.errors import (
     RangeInvalid,
     TooLarge,
 )
+from p2pdist.net.throttle import TokenBucket
 
 log = logging.getLogger("p2pdist.http")
 
@@ -117,6 +118,7 @@ class FileBody:
     fd: int
     offset: int
     count: int
+    throttle: TokenBucket | None = None  # paces the send (an upload cap)
 
 
 @dataclass
@@ -363,10 +365,12 @@ class _ServerConn:
     async def _sendfile(self, body: FileBody) -> None:
         sock = self.stream.socket
         offset, remaining = body.offset, body.count
+        capped = body.throttle is not None and body.throttle.rate is not None
+        piece = 256 * 1024 if capped else 8 * 1024 * 1024  # small pieces keep a capped rate smooth
         while remaining > 0:
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
-                n = os.sendfile(sock.fileno(), body.fd, offset, min(remaining, 8 * 1024 * 1024))
+                n = os.sendfile(sock.fileno(), body.fd, offset, min(remaining, piece))
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(sock)
                 continue
@@ -374,6 +378,8 @@ class _ServerConn:
                 raise _Close()  # the file shrank under us: cut the connection
             offset += n
             remaining -= n
+            if body.throttle is not None:
+                await body.throttle.consume(n)
 
 
 class _Close(Exception):

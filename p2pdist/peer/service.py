@@ -16,6 +16,7 @@ Composition root: :func:`serve`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -31,7 +32,7 @@ import trio
 from p2pdist import __version__
 from p2pdist.backend.origin import HttpOrigin, Origin
 from p2pdist.backend.registry import RegistryClient
-from p2pdist.core.config import PeerConfig, split_hostport
+from p2pdist.core.config import LIVE_KEYS, PeerConfig, changed_keys, split_hostport
 from p2pdist.core.errors import BadRequest, BlobUnknown, P2PError, TaskUnknown, Unavailable
 from p2pdist.core.task import TaskSpec
 from p2pdist.net.auth import require_token, token_headers
@@ -39,6 +40,7 @@ from p2pdist.net.chunkclient import ChunkClient
 from p2pdist.net.chunkserver import UploadSlots, make_chunk_handler
 from p2pdist.net.http import Request, Response, Router, advertise_addr, serve_http
 from p2pdist.net.observe import Metrics, add_health_routes
+from p2pdist.net.throttle import TokenBucket
 from p2pdist.peer.download import BufferPool, Download, Env
 from p2pdist.peer.trackerclient import TrackerClient
 from p2pdist.proxy.mirror import Mirror
@@ -68,6 +70,8 @@ class Peer:
         self.peer_id = config.peer_id or f"{socket.gethostname()}-{secrets.token_hex(4)}"
         self.downloads: dict[str, Download] = {}
         self.slots = UploadSlots(config.upload_slots)
+        self.upload_bucket = TokenBucket(config.upload_rate)
+        self.download_bucket = TokenBucket(config.download_rate)
         self._started = time.monotonic()
         self._last_vitals = (self._started, sum(os.times()[:2]), 0.0, 0.0)
         self._announce_now = trio.Event()
@@ -75,7 +79,7 @@ class Peer:
         self.trackers = (TrackerClient(config.trackers, headers=token_headers(config.cluster_secret))
                          if config.trackers else None)
         self.env = Env(
-            config=config, store=store, origin=origin, chunks=ChunkClient(headers=token_headers(config.cluster_secret)),
+            config=config, store=store, origin=origin, chunks=ChunkClient(headers=token_headers(config.cluster_secret), throttle=self.download_bucket),
             trackers=self.trackers, metrics=metrics,
             buffers=BufferPool(config.max_in_flight + 2), limiter=trio.CapacityLimiter(4),
             request_announce=self._announce_now.set, peer_id=self.peer_id,
@@ -129,6 +133,21 @@ class Peer:
             with trio.move_on_after(wait):
                 await self._announce_now.wait()
             await trio.sleep(MIN_ANNOUNCE_GAP)
+
+    def apply_config(self, new: PeerConfig) -> set[str]:
+        """Apply what can change while running (``LIVE_KEYS``) without dropping transfers;
+        return the changed keys that need a restart (their old values stay in force).
+        Downloads already running keep the limits they started with."""
+        changed = changed_keys(self.config, new)
+        restart = changed - LIVE_KEYS[PeerConfig]
+        merged = dataclasses.replace(self.config, **{k: getattr(new, k) for k in changed - restart})
+        self.config = self.env.config = merged
+        self.upload_bucket.rate = merged.upload_rate
+        self.download_bucket.rate = merged.download_rate
+        self.slots.slots = merged.upload_slots
+        if self.mirror is not None:
+            self.mirror.auth_ttl, self.mirror.tag_ttl = merged.auth_cache_ttl, merged.tag_cache_ttl
+        return restart
 
     def vitals(self, now: float) -> Heartbeat:
         """This peer as its heartbeat reports it; rates are averaged since the last call."""
@@ -212,7 +231,7 @@ class Peer:
         guard = self.config.cluster_secret
         r.route("GET", "/chunks/{name}", require_token(guard, make_chunk_handler(
             self.store, self.slots, compression=self.config.wire_compression == "auto",
-            on_served=self.metrics.bytes_served.inc)))
+            on_served=self.metrics.bytes_served.inc, throttle=self.upload_bucket)))
         r.route("GET", "/maps/{task_id}", require_token(guard, get_map))
         # the local API: the CLI on this node, or the operator's tools with the secret
         r.route("POST", "/api/v1/fetch", require_token(guard, fetch, allow_loopback=True))

@@ -10,11 +10,13 @@ Composition root: :func:`serve`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import trio
 
@@ -22,7 +24,7 @@ from p2pdist import __version__
 from p2pdist.backend.origin import HttpOrigin, Origin
 from p2pdist.backend.seed import seed_from_origin
 from p2pdist.core.chunkmap import ChunkMap, chunk_count
-from p2pdist.core.config import TrackerConfig, split_hostport
+from p2pdist.core.config import LIVE_KEYS, TrackerConfig, changed_keys, split_hostport
 from p2pdist.core.errors import BadRequest, P2PError, TaskUnknown, p2p_error_in
 from p2pdist.core.task import TaskSpec
 from p2pdist.engine.neighbours import NeighbourPolicy, PeerEntry, TaskPeers, choose_neighbours
@@ -127,7 +129,20 @@ class Tracker:
         self.tasks: dict[str, TrackerTask] = {}
         self.policy = NeighbourPolicy(config.topology, fanout=config.fanout, swarm_size=config.swarm_size)
         self.fleet: dict[str, PeerRecord] = {}
+        self.slots = UploadSlots(config.upload_slots)
+        self._origin_budget: dict[str, trio.Semaphore] = {}
         self._nursery: trio.Nursery | None = None
+
+    def apply_config(self, new: TrackerConfig) -> set[str]:
+        """Apply the live keys (neighbour policy, slots, timings, logging); return the
+        changed keys that need a restart."""
+        changed = changed_keys(self.config, new)
+        restart = changed - LIVE_KEYS[TrackerConfig]
+        self.config = dataclasses.replace(self.config, **{k: getattr(new, k) for k in changed - restart})
+        self.policy = NeighbourPolicy(self.config.topology, fanout=self.config.fanout,
+                                      swarm_size=self.config.swarm_size)
+        self.slots.slots = self.config.upload_slots
+        return restart
 
     # -- tasks ----------------------------------------------------------------------------
 
@@ -190,8 +205,12 @@ class Tracker:
 
         log.info("seeding task %s from origin", task.task_id)
         try:
-            cmap = await seed_from_origin(self.origin, task.spec, self.store,
-                                          on_start=on_start, on_chunk=on_chunk)
+            # the back-to-source budget: at most origin_concurrency fetches per origin host
+            host = urlsplit(task.spec.url).netloc
+            budget = self._origin_budget.setdefault(host, trio.Semaphore(self.config.origin_concurrency))
+            async with budget:
+                cmap = await seed_from_origin(self.origin, task.spec, self.store,
+                                              on_start=on_start, on_chunk=on_chunk)
             await self.store.save_map(task.task_id, cmap)
             task.sealed, task.size = cmap, cmap.size
             seed.complete = True
@@ -306,7 +325,6 @@ class Tracker:
             self.heartbeat(decode_heartbeat(await request.json(MAX_HEARTBEAT_BYTES)))
             return Response.json({"stale_after": self.config.stale_after})
 
-        slots = UploadSlots(self.config.upload_slots)
         guard = self.config.cluster_secret
         r.route("POST", "/api/v1/tasks", require_token(guard, register))
         r.route("GET", "/api/v1/tasks/{task_id}/map", require_token(guard, get_map))
@@ -319,7 +337,7 @@ class Tracker:
 
         r.route("GET", "/ui", ui)
         r.route("GET", "/chunks/{name}", require_token(guard, make_chunk_handler(
-            self.store, slots, on_served=self.metrics.bytes_served.inc)))
+            self.store, self.slots, on_served=self.metrics.bytes_served.inc)))
 
         async def ready() -> str | None:
             return None
