@@ -20,13 +20,16 @@ from pathlib import Path
 import httpx
 import trio
 
-from p2pdist.core.config import PeerConfig
 from p2pdist.core.digest import Digest
-from p2pdist.core.errors import BadRequest, IntegrityError, P2PError, Unavailable, error_from_code
+from p2pdist.core.errors import BadRequest, IntegrityError, P2PError, Unavailable
 from p2pdist.core.task import TaskSpec, normalise_url
+from p2pdist.peer.localapi import (
+    DEFAULT_DAEMON,
+    daemon_alive,
+    embedded_peer_config,
+    task_error,
+)
 from p2pdist.peer.trackerclient import raise_for_error
-
-DEFAULT_DAEMON = "http://127.0.0.1:7401"
 
 
 def parse_headers(raw: list[str]) -> tuple[tuple[str, str], ...]:
@@ -50,20 +53,15 @@ def parse_nodes(raw: str | None) -> list[str]:
     return nodes
 
 
-def _progress(total: int | None, enabled: bool):  # type: ignore[no-untyped-def]
+def progress_bar(total: int | None, enabled: bool, desc: str | None = None,
+                 position: int | None = None):  # type: ignore[no-untyped-def]
+    """A byte-counting tqdm bar on stderr, or None when disabled (not a terminal)."""
     if not enabled:
         return None
     from tqdm import tqdm
 
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                dynamic_ncols=True, leave=False)
-
-
-def _daemon_alive(url: str) -> bool:
-    try:
-        return httpx.get(f"{url.rstrip('/')}/healthz", timeout=0.5).status_code == 200
-    except httpx.HTTPError:
-        return False
+                dynamic_ncols=True, leave=False, desc=desc, position=position)
 
 
 def run_get(args: argparse.Namespace) -> int:
@@ -80,7 +78,7 @@ def run_get(args: argparse.Namespace) -> int:
         raise BadRequest(f"output directory {out.parent} does not exist")
     show = not args.no_progress and sys.stderr.isatty()
     daemon = args.daemon
-    if daemon is None and not args.tracker and _daemon_alive(DEFAULT_DAEMON):
+    if daemon is None and not args.tracker and daemon_alive(DEFAULT_DAEMON):
         daemon = DEFAULT_DAEMON
     if daemon is not None:
         got = via_daemon(daemon, spec, nodes, out, show)
@@ -108,7 +106,7 @@ def via_daemon(daemon: str, spec: TaskSpec, nodes: list[str], out: Path, show: b
                         raise_for_error(r, f"daemon {base}")
                     task_id = r.headers.get("x-p2pdist-task-id", spec.task_id)
                     length = r.headers.get("content-length")
-                    bar = _progress(int(length) if length else None, show)
+                    bar = progress_bar(int(length) if length else None, show)
                     n = 0
                     for piece in r.iter_raw():
                         sha.update(piece)
@@ -143,17 +141,10 @@ def via_daemon(daemon: str, spec: TaskSpec, nodes: list[str], out: Path, show: b
 def _daemon_failure(client: httpx.Client, base: str, task_id: str) -> P2PError | None:
     """Why the daemon cut a transfer: the download's own error, as the daemon reports it."""
     try:
-        err = client.get(f"{base}/api/v1/tasks/{task_id}").json().get("error")
+        summary = client.get(f"{base}/api/v1/tasks/{task_id}").json()
     except (httpx.HTTPError, ValueError):
         return None
-    if not isinstance(err, dict):
-        return None
-    return error_from_code(str(err.get("code")), str(err.get("message")), 422)
-
-
-def default_data_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "p2pdist")
+    return task_error(summary) if isinstance(summary, dict) else None
 
 
 async def in_process(spec: TaskSpec, nodes: list[str], out: Path, trackers: list[str],
@@ -162,9 +153,7 @@ async def in_process(spec: TaskSpec, nodes: list[str], out: Path, trackers: list
     to the swarm while it runs), then assemble the verified file."""
     from p2pdist.peer import service
 
-    # with a tracker, others may fetch from us while we download: listen where they can reach us
-    listen = "0.0.0.0:0" if trackers else "127.0.0.1:0"
-    cfg = PeerConfig(listen=listen, data_dir=data_dir or default_data_dir(), trackers=tuple(trackers))
+    cfg = embedded_peer_config(trackers, data_dir)
     async with trio.open_nursery() as nursery:
         peer = await nursery.start(service.serve, cfg)
         d = peer.start_download(spec, nodes=nodes)
@@ -172,7 +161,7 @@ async def in_process(spec: TaskSpec, nodes: list[str], out: Path, trackers: list
         done = 0
         while not d.finished.is_set():
             if show and bar is None and d.size is not None:
-                bar = _progress(d.size, True)
+                bar = progress_bar(d.size, True)
             if bar is not None:
                 held = min(len(d.held) * (d.chunk_size or 0), d.size or 0)
                 bar.update(held - done)

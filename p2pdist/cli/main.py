@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="D", help="chunk store for an in-process download (default: ~/.cache/p2pdist)")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
+    from p2pdist.cli import configure, preheat, pull
+
+    pull.add_arguments(sub.add_parser("pull", help="fetch an image through the swarm and load it into Docker"))
+    preheat.add_arguments(sub.add_parser("preheat", help="have peers fetch an image's layers ahead of a rollout"))
+    configure.add_arguments(sub.add_parser("configure", help="wire dockerd or containerd to the peer's registry mirror"))
+
     p = sub.add_parser("status", help="cluster view from a tracker")
     p.add_argument("--tracker", default=DEFAULT_TRACKER, metavar="URL")
     p.add_argument("--json", action="store_true")
@@ -83,6 +89,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from p2pdist.cli.get import run_get
 
             return run_get(args)
+        if args.command == "pull":
+            from p2pdist.cli.pull import run_pull
+
+            return run_pull(args)
+        if args.command == "preheat":
+            from p2pdist.cli.preheat import run_preheat
+
+            return run_preheat(args)
+        if args.command == "configure":
+            from p2pdist.cli.configure import run_configure
+
+            return run_configure(args)
         if args.command == "status":
             from p2pdist.cli.status import run_status
 
