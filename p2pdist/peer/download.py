@@ -366,19 +366,30 @@ class Download:
     async def _follow_map(self) -> None:
         assert self.env.trackers is not None
         while self.sealed is None:
-            prog: MapProgress = await self.env.trackers.map_progress(self.task_id, len(self.hashes), 20)
+            try:
+                prog: MapProgress = await self.env.trackers.map_progress(self.task_id, len(self.hashes), 20)
+            except TaskUnknown:
+                # the task's owner died and its next tracker has not heard of it: register
+                # there (it seeds again; chunk hashes are deterministic, so the map agrees)
+                log.info("task %s moved to another tracker; registering it there", self.task_id)
+                await self.env.trackers.register(self.spec)
+                continue
             if prog.error is not None:
                 code = prog.error["code"]
                 raise error_from_code(code, f"task failed at the tracker: {prog.error['message']}",
                                       422 if code in ("DIGEST_MISMATCH", "TASK_FAILED") else 502)
-            if prog.offset != len(self.hashes):
-                if prog.offset < len(self.hashes):
-                    self.hashes = self.hashes[:prog.offset]  # the tracker re-seeded: trust its list
-                else:
-                    continue
-            self.size, self.chunk_size = prog.size, prog.chunk_size
-            self.total = prog.total
-            new = list(prog.chunks)
+            if prog.offset > len(self.hashes):
+                continue
+            # a new owner may repeat hashes we know: they must agree, else the maps differ
+            overlap = len(self.hashes) - prog.offset
+            if list(prog.chunks[:overlap]) != self.hashes[prog.offset:prog.offset + len(prog.chunks[:overlap])]:
+                raise IntegrityError(f"task {self.task_id}: the tracker's chunk map changed midway")
+            if self.chunk_size is not None and prog.chunk_size not in (None, self.chunk_size):
+                raise IntegrityError(f"task {self.task_id}: the tracker's chunk size changed midway")
+            if prog.chunk_size is not None:  # a new owner that has not started yet knows none of these
+                self.size, self.chunk_size = prog.size, prog.chunk_size
+                self.total = prog.total
+            new = list(prog.chunks[overlap:])
             self.hashes.extend(new)
             self.env.store.pin(new)
             for i in range(len(self.hashes) - len(new), len(self.hashes)):
