@@ -109,3 +109,39 @@ async def test_ui_page_renders_the_fleet_in_headless_chromium(tmp_path, nursery)
     assert shot.stat().st_size > 5000
     print(f"screenshot: {shot}")
     nursery.cancel_scope.cancel()
+
+
+async def test_probes_and_metrics(tmp_path, nursery):
+    """/healthz is liveness; /readyz says whether a peer can do its job; /metrics has the
+    dashboard's series."""
+    from p2pdist.core.config import PeerConfig
+    from p2pdist.testing import start_peer
+
+    blob = make_blob(2 * 4 * 1024 * 1024, seed=6)
+    origin = StaticOrigin({"b": blob})
+    await nursery.start(origin.serve)
+    c = await start_cluster(nursery, tmp_path, peers=1, origin=origin)
+    await c.peers[0].start_download(TaskSpec(origin.url("b"), sha256_digest(blob))).wait()
+    lonely, _ = await start_peer(nursery, PeerConfig(
+        listen="127.0.0.1:0", data_dir=str(tmp_path / "lonely"), trackers=("http://127.0.0.1:9",),
+        back_to_source=False))
+    async with httpx.AsyncClient() as client:
+        peer = f"http://{c.peers[0].advertise}"
+        assert (await client.get(f"{peer}/healthz")).status_code == 200
+        assert (await client.get(f"{peer}/readyz")).status_code == 200
+        assert (await client.get(f"{c.tracker_url}/readyz")).status_code == 200
+        r = await client.get(f"http://{lonely.advertise}/readyz")
+        assert r.status_code == 503 and "no tracker" in r.json()["errors"][0]["message"]
+        assert (await client.get(f"http://{lonely.advertise}/healthz")).status_code == 200
+        text = (await client.get(f"{peer}/metrics")).text
+        for series in ("p2pdist_bytes_from_peers_total", "p2pdist_bytes_from_origin_total",
+                       "p2pdist_bytes_served_total", "p2pdist_chunks_verified_total",
+                       "p2pdist_back_to_source_total", "p2pdist_active_tasks",
+                       "p2pdist_upload_slots_in_use", 'p2pdist_request_seconds_bucket{le="0.005",route="/healthz"}'):
+            assert series in text, series
+        assert "p2pdist_chunks_verified_total 2.0" in text
+        ttext = (await client.get(f"{c.tracker_url}/metrics")).text
+        for series in ("p2pdist_tracker_peers", "p2pdist_tracker_tasks", "p2pdist_tracker_announces_total",
+                       "p2pdist_bytes_served_total"):
+            assert series in ttext, series
+    nursery.cancel_scope.cancel()

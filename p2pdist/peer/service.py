@@ -70,6 +70,7 @@ class Peer:
         self.peer_id = config.peer_id or f"{socket.gethostname()}-{secrets.token_hex(4)}"
         self.downloads: dict[str, Download] = {}
         self.slots = UploadSlots(config.upload_slots)
+        metrics.upload_slots_in_use.set_function(lambda: self.slots.in_use)
         self.upload_bucket = TokenBucket(config.upload_rate)
         self.download_bucket = TokenBucket(config.download_rate)
         self._started = time.monotonic()

@@ -130,6 +130,7 @@ class Tracker:
         self.policy = NeighbourPolicy(config.topology, fanout=config.fanout, swarm_size=config.swarm_size)
         self.fleet: dict[str, PeerRecord] = {}
         self.slots = UploadSlots(config.upload_slots)
+        metrics.upload_slots_in_use.set_function(lambda: self.slots.in_use)
         self._origin_budget: dict[str, trio.Semaphore] = {}
         self._nursery: trio.Nursery | None = None
 
