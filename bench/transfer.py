@@ -610,7 +610,9 @@ def render(res: Result) -> str:
     return "\n".join(lines) + "\n"
 
 
-def record(text: str) -> None:
+def record(text: str, start: str = MARK_START, end: str = MARK_END) -> None:
+    """Replace the section between ``start`` and ``end`` in RESULTS.md (append if absent)."""
+    MARK_START, MARK_END = start, end  # noqa: N806 - the section this call replaces
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEach section is written by its benchmark in `bench/`; rerun it to replace it.\n"
     if MARK_START in old and MARK_END in old:
         head, rest = old.split(MARK_START, 1)
