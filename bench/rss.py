@@ -86,7 +86,7 @@ def render(r: dict[str, object], command: str) -> str:
     return f"""{MARKS[0]}
 ## rss: one peer serving a blob and downloading another at once
 
-{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. Two blobs of {r['blob_bytes']:,} bytes. Machine: nproc {m.get('nproc')}; {m.get('cpu', '')}.
+{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. Two blobs of {r['blob_bytes']:,} bytes. Machine: nproc {m.get('nproc')}; {m.get('cpu', '')}.
 
 Command: `{command}`
 
