@@ -45,6 +45,7 @@ from p2pdist.net.observe import Metrics
 API_VERSION = ("docker-distribution-api-version", "registry/2.0")
 MAX_CACHED_MANIFEST = 4 * 1024 * 1024
 MANIFEST_CACHE = 512
+MAX_GRANTS = 10_000  # remembered (credentials, repository) grants; bounded memory
 
 
 class Mirror:
@@ -85,7 +86,15 @@ class Mirror:
 
     def _grant(self, creds: Credentials, ns: str, repo: str) -> None:
         if self.auth_ttl > 0:
-            self._authorized[(creds.identity, ns, repo)] = self.clock() + self.auth_ttl
+            now = self.clock()
+            if len(self._authorized) >= MAX_GRANTS:
+                # every bearer token is its own identity: forget the expired ones, then the oldest
+                self._authorized = {k: t for k, t in self._authorized.items() if t > now}
+                while len(self._authorized) >= MAX_GRANTS:
+                    self._authorized.pop(next(iter(self._authorized)))
+                live = {(i, n, r) for i, n, r in self._authorized}
+                self._blob_sizes = {k: v for k, v in self._blob_sizes.items() if k[:3] in live}
+            self._authorized[(creds.identity, ns, repo)] = now + self.auth_ttl
 
     def _count(self, kind: str, status: int) -> None:
         self.metrics.mirror_requests.labels(kind, str(status)).inc()
