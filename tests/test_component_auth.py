@@ -95,3 +95,30 @@ async def test_local_api_guard_lets_loopback_through(client, token, allowed):
     else:
         with pytest.raises(Unauthorized):
             await guarded(request)
+
+
+async def test_cli_get_through_a_tracker_with_the_secret_from_the_environment(tmp_path, nursery):
+    """The CLI reads P2PDIST_CLUSTER_SECRET as the daemons do; without it the tracker refuses."""
+    import os
+
+    from test_cli import run_cli
+
+    blob = make_blob(2 * 4 * MiB + 3, seed=33)
+    origin = StaticOrigin({"b": blob})
+    await nursery.start(origin.serve)
+    c = await start_cluster(nursery, tmp_path, peers=1, origin=origin,
+                            peer_overrides={"cluster_secret": SECRET},
+                            tracker_overrides={"cluster_secret": SECRET})
+    digest = str(sha256_digest(blob))
+    os.environ["P2PDIST_CLUSTER_SECRET"] = SECRET
+    try:
+        r = await run_cli("get", origin.url("b"), "-O", str(tmp_path / "ok"), "--digest", digest,
+                          "--tracker", c.tracker_url, "--data-dir", str(tmp_path / "cache1"))
+    finally:
+        del os.environ["P2PDIST_CLUSTER_SECRET"]
+    assert r.returncode == 0, r.stderr.decode()
+    assert (tmp_path / "ok").read_bytes() == blob
+    r = await run_cli("get", origin.url("b"), "-O", str(tmp_path / "no"), "--digest", digest,
+                      "--tracker", c.tracker_url, "--data-dir", str(tmp_path / "cache2"))
+    assert r.returncode == 1 and b"secret" in r.stderr and not (tmp_path / "no").exists()
+    nursery.cancel_scope.cancel()

@@ -23,8 +23,10 @@ import trio
 from p2pdist.core.digest import Digest
 from p2pdist.core.errors import BadRequest, IntegrityError, P2PError, Unavailable
 from p2pdist.core.task import TaskSpec, normalise_url
+from p2pdist.net.auth import token_headers
 from p2pdist.peer.localapi import (
     DEFAULT_DAEMON,
+    cluster_secret,
     daemon_alive,
     embedded_peer_config,
     task_error,
@@ -98,7 +100,8 @@ def via_daemon(daemon: str, spec: TaskSpec, nodes: list[str], out: Path, show: b
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
     sha = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as fh, httpx.Client(timeout=httpx.Timeout(10.0, read=None)) as client:
+        with os.fdopen(fd, "wb") as fh, httpx.Client(
+                timeout=httpx.Timeout(10.0, read=None), headers=token_headers(cluster_secret())) as client:
             try:
                 with client.stream("POST", f"{base}/api/v1/fetch", json=body) as r:
                     if r.status_code >= 400:

@@ -18,6 +18,8 @@ from p2pdist.backend.registry import RegistryClient
 from p2pdist.cli.get import progress_bar
 from p2pdist.cli.images import registry_credentials, registry_url
 from p2pdist.core.errors import TaskFailed
+from p2pdist.net.auth import token_headers
+from p2pdist.peer.localapi import cluster_secret
 from p2pdist.shim.preheat import PeerProgress, choose_peers, preheat, tracker_peers
 from p2pdist.shim.reference import default_platform, parse_image_reference, parse_platform
 from p2pdist.shim.resolve import blob_specs, resolve_image
@@ -55,7 +57,8 @@ def run_preheat(args: argparse.Namespace) -> int:
             specs = await blob_specs(registry, image, creds)
         finally:
             await registry.aclose()
-        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0),
+                                     headers=token_headers(cluster_secret())) as client:
             peers = choose_peers(await tracker_peers(trackers, client), count=args.count, zone=args.zone,
                                  rng=random.Random())
             print(f"preheating {ref} ({len(specs)} blobs, {sum(b.size for b in image.blobs)} bytes)"

@@ -20,6 +20,7 @@ import httpx
 from p2pdist.core.config import PeerConfig
 from p2pdist.core.errors import IntegrityError, P2PError, Unavailable, error_from_code
 from p2pdist.core.task import TaskSpec
+from p2pdist.net.auth import token_headers
 from p2pdist.peer.trackerclient import raise_for_error
 from p2pdist.wire.tracker import encode_register
 
@@ -40,11 +41,18 @@ def default_data_dir() -> str:
     return os.path.join(base, "p2pdist")
 
 
+def cluster_secret(env: Mapping[str, str] | None = None) -> str | None:
+    """The cluster's shared secret for a CLI command talking to trackers and peers
+    (``P2PDIST_CLUSTER_SECRET``, as the daemons read it)."""
+    return (os.environ if env is None else env).get("P2PDIST_CLUSTER_SECRET") or None
+
+
 def embedded_peer_config(trackers: tuple[str, ...] | list[str], data_dir: str | None) -> PeerConfig:
     """The config of a peer run inside a CLI command for one job."""
     # with a tracker, others may fetch from us while we download: listen where they can reach us
     listen = "0.0.0.0:0" if trackers else "127.0.0.1:0"
-    return PeerConfig(listen=listen, data_dir=data_dir or default_data_dir(), trackers=tuple(trackers))
+    return PeerConfig(listen=listen, data_dir=data_dir or default_data_dir(), trackers=tuple(trackers),
+                      cluster_secret=cluster_secret())
 
 
 def task_error(summary: Mapping[str, Any]) -> P2PError | None:
@@ -67,7 +75,7 @@ class LocalApiClient:
 
     def __init__(self, base: str, *, client: httpx.AsyncClient | None = None):
         self.base = base.rstrip("/")
-        self._client = client or httpx.AsyncClient(timeout=TIMEOUT)
+        self._client = client or httpx.AsyncClient(timeout=TIMEOUT, headers=token_headers(cluster_secret()))
         self._owns = client is None
 
     async def aclose(self) -> None:
