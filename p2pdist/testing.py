@@ -43,6 +43,8 @@ class StaticOrigin:
     port: int = 0
     piece: int = 1 << 20
     fail_after: int | None = None  # cut every response after this many bytes (a dying origin)
+    streaming: int = 0  # bodies being sent right now
+    max_streaming: int = 0  # the most sent at once
 
     @property
     def base_url(self) -> str:
@@ -76,15 +78,20 @@ class StaticOrigin:
     async def _pieces(self, data: bytes, start: int, length: int) -> AsyncIterator[bytes]:
         view = memoryview(data)
         pos, end, sent = start, start + length, 0
-        while pos < end:
-            n = min(self.piece, end - pos)
-            if self.fail_after is not None and sent + n > self.fail_after:
-                raise OriginError("origin cut on purpose")
-            self.bytes_sent += n
-            sent += n
-            yield bytes(view[pos:pos + n])
-            pos += n
-            await trio.lowlevel.checkpoint()
+        self.streaming += 1
+        self.max_streaming = max(self.max_streaming, self.streaming)
+        try:
+            while pos < end:
+                n = min(self.piece, end - pos)
+                if self.fail_after is not None and sent + n > self.fail_after:
+                    raise OriginError("origin cut on purpose")
+                self.bytes_sent += n
+                sent += n
+                yield bytes(view[pos:pos + n])
+                pos += n
+                await trio.lowlevel.checkpoint()
+        finally:
+            self.streaming -= 1
 
     async def serve(self, *, task_status: trio.TaskStatus[StaticOrigin] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

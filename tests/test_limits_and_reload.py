@@ -150,3 +150,34 @@ async def _eq(fn, value) -> bool:
 
 async def _contains(path, needle: bytes) -> bool:
     return needle in path.read_bytes()
+
+
+async def test_back_to_source_budget_per_origin_host(tmp_path, nursery):
+    """With origin_concurrency = 1 the tracker fetches one blob at a time from one origin
+    host, however many tasks are registered; all of them still complete."""
+    blobs = {f"b{i}": make_blob(2 * 4 * MiB + i, seed=60 + i) for i in range(3)}
+    origin = StaticOrigin(blobs, piece=256 * 1024)
+    await nursery.start(origin.serve)
+    c = await start_cluster(nursery, tmp_path, peers=1, origin=origin,
+                            tracker_overrides={"origin_concurrency": 1})
+    with trio.fail_after(30):
+        ds = [c.peers[0].start_download(TaskSpec(origin.url(k), sha256_digest(v))) for k, v in blobs.items()]
+        for d in ds:
+            await d.wait()
+    assert origin.max_streaming == 1
+    assert origin.bytes_sent == sum(len(v) for v in blobs.values())
+    nursery.cancel_scope.cancel()
+
+
+async def test_without_a_budget_the_origin_is_asked_in_parallel(tmp_path, nursery):
+    blobs = {f"b{i}": make_blob(2 * 4 * MiB + i, seed=70 + i) for i in range(3)}
+    origin = StaticOrigin(blobs, piece=256 * 1024)
+    await nursery.start(origin.serve)
+    c = await start_cluster(nursery, tmp_path, peers=1, origin=origin,
+                            tracker_overrides={"origin_concurrency": 3})
+    with trio.fail_after(30):
+        ds = [c.peers[0].start_download(TaskSpec(origin.url(k), sha256_digest(v))) for k, v in blobs.items()]
+        for d in ds:
+            await d.wait()
+    assert origin.max_streaming > 1  # so the test above measures the budget, not luck
+    nursery.cancel_scope.cancel()
