@@ -125,7 +125,7 @@ class FileBody:
 class Response:
     status: int = 200
     headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes | AsyncIterable[bytes] | FileBody = b""
+    body: bytes | AsyncIterable[bytes | FileBody] | FileBody = b""  # a stream may mix bytes and file spans
     content_length: int | None = None  # for streamed bodies; None = chunked encoding
     on_close: Callable[[], None] | None = None  # called once the response is over, sent or not
 
@@ -344,16 +344,18 @@ class _ServerConn:
             if body:
                 await self.send(h11.Data(data=body))
         elif isinstance(body, FileBody):
-            for piece in self.conn.send_with_data_passthrough(h11.Data(data=_Placeholder(body.count))) or []:
-                if isinstance(piece, _Placeholder):
-                    await self._sendfile(body)
-                else:
-                    await self.stream.send_all(piece)
+            await self._send_file_body(body)
         else:
             sent = 0
             try:
                 async for piece in body:
-                    if piece:
+                    if isinstance(piece, FileBody):
+                        try:
+                            await self._send_file_body(piece)
+                        finally:
+                            os.close(piece.fd)
+                        sent += piece.count
+                    elif piece:
                         sent += len(piece)
                         await self.send(h11.Data(data=piece))
             except P2PError as exc:
@@ -361,6 +363,16 @@ class _ServerConn:
                 raise _Close() from exc
         await self.send(h11.EndOfMessage())
         return True
+
+    async def _send_file_body(self, body: FileBody) -> None:
+        """A file span as (part of) the body: h11 counts it, ``os.sendfile`` moves it."""
+        if body.count == 0:
+            return
+        for piece in self.conn.send_with_data_passthrough(h11.Data(data=_Placeholder(body.count))) or []:
+            if isinstance(piece, _Placeholder):
+                await self._sendfile(body)
+            else:
+                await self.stream.send_all(piece)
 
     async def _sendfile(self, body: FileBody) -> None:
         sock = self.stream.socket

@@ -207,7 +207,7 @@ class Peer:
             size = await d.wait_size()
             return Response(200, [("content-type", "application/octet-stream"),
                                   ("x-p2pdist-task-id", d.task_id)],
-                            d.iter_bytes(), content_length=size)
+                            d.iter_files(), content_length=size)
 
         async def start(request: Request) -> Response:
             spec, nodes = spec_and_nodes(await request.json(64 * 1024))

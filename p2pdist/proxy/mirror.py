@@ -39,7 +39,7 @@ from p2pdist.backend.registry import (
 from p2pdist.core.digest import Digest
 from p2pdist.core.errors import BlobUnknown, NotFound, OriginError
 from p2pdist.core.task import TaskSpec
-from p2pdist.net.http import Request, Response, Router, parse_range
+from p2pdist.net.http import FileBody, Request, Response, Router, parse_range
 from p2pdist.net.observe import Metrics
 
 API_VERSION = ("docker-distribution-api-version", "registry/2.0")
@@ -210,10 +210,10 @@ class Mirror:
         auth = (("authorization", creds.authorization),) if creds.authorization else ()
         download = self.start_download(TaskSpec(up.blob_url(repo, digest), digest, auth))
         self._count("blob", status)
-        return Response(status, headers, self._counted(download.iter_bytes(offset, length)),
+        return Response(status, headers, self._counted(download.iter_files(offset, length)),
                         content_length=length)
 
-    async def _counted(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for piece in pieces:
-            self.metrics.mirror_blob_bytes.inc(len(piece))
-            yield piece
+    async def _counted(self, spans: AsyncIterator[FileBody]) -> AsyncIterator[FileBody]:
+        async for span in spans:
+            self.metrics.mirror_blob_bytes.inc(span.count)
+            yield span
