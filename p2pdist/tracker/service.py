@@ -54,6 +54,7 @@ log = logging.getLogger("p2pdist.tracker")
 
 SEED_ID = "tracker"
 MAX_WAIT = 30.0
+MAP_COALESCE = 0.05  # seconds a map long poll gathers further chunks once one is new
 
 
 @dataclass
@@ -235,6 +236,12 @@ class Tracker:
         with trio.move_on_after(min(wait, MAX_WAIT)):
             while len(task.chunks) <= known and task.sealed is None and task.error is None:
                 await task.changed.wait()
+        if len(task.chunks) > known and task.sealed is None and task.error is None and wait > 0:
+            # coalesce: a long poll answering every 4 MiB chunk costs a round trip each;
+            # gathering for a moment more keeps it to a few per second, at a small latency
+            with trio.move_on_after(MAP_COALESCE):
+                while task.sealed is None and task.error is None:
+                    await task.changed.wait()
         return task.progress(min(known, len(task.chunks)))
 
     # -- announces ------------------------------------------------------------------------
