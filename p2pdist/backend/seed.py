@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import blake3
 import trio
 
-from p2pdist.backend.origin import Origin
+from p2pdist.backend.origin import Origin, read_full
 from p2pdist.core.chunkmap import ChunkMap, chunk_size_for
 from p2pdist.core.digest import Digest
 from p2pdist.core.errors import IntegrityError, OriginError
@@ -78,24 +78,14 @@ async def seed_from_origin(origin: Origin, spec: TaskSpec, store: ChunkStore, *,
         async with trio.open_nursery() as nursery:
             nursery.start_soon(consume)
             async with work_send:
-                buf = await free_recv.receive()
-                fill = 0
-                async for piece in stream:
-                    total += len(piece)
-                    if size is not None and total > size:
-                        raise OriginError(f"origin {spec.url} sent more than its Content-Length of {size}")
-                    mv = memoryview(piece)
-                    while mv:
-                        take = min(len(mv), cs - fill)
-                        buf[fill:fill + take] = mv[:take]
-                        fill += take
-                        mv = mv[take:]
-                        if fill == cs:
-                            await work_send.send((buf, fill))
-                            buf = await free_recv.receive()
-                            fill = 0
-                if fill:
-                    await work_send.send((buf, fill))
+                while True:
+                    buf = await free_recv.receive()
+                    fill = await read_full(stream, memoryview(buf))
+                    total += fill
+                    if fill:
+                        await work_send.send((buf, fill))
+                    if fill < cs:
+                        break
     if size is not None and total != size:
         raise OriginError(f"origin {spec.url} sent {total} of {size} bytes")
     actual = Digest(sha.hexdigest())

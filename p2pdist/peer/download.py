@@ -28,7 +28,7 @@ import httpx
 import trio
 import zstandard
 
-from p2pdist.backend.origin import Origin
+from p2pdist.backend.origin import Origin, read_full
 from p2pdist.backend.seed import seed_from_origin
 from p2pdist.core.chunkmap import ChunkMap, chunk_count, chunk_span
 from p2pdist.core.config import PeerConfig
@@ -37,7 +37,6 @@ from p2pdist.core.errors import (
     Busy,
     ChunkUnknown,
     IntegrityError,
-    OriginError,
     P2PError,
     TaskFailed,
     TaskUnknown,
@@ -575,13 +574,8 @@ class Download:
         try:
             with scope:
                 try:
-                    n = 0
                     async with env.origin.open(self.spec, offset, expected) as stream:
-                        async for piece in stream:
-                            if n + len(piece) > expected:
-                                raise OriginError(f"origin {self.spec.url} sent more than the {expected}-byte range")
-                            buf[n:n + len(piece)] = piece
-                            n += len(piece)
+                        n = await read_full(stream, memoryview(buf)[:expected])
                     self.stats.bytes_from_origin += n
                     env.metrics.bytes_from_origin.inc(n)
                     await self._verify_and_store(index, buf, n, None)
