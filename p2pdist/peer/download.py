@@ -149,7 +149,9 @@ class Download:
         for n in neighbours:
             if n.peer_id == self.env.peer_id:
                 continue
-            have = decode_have(n.have, self.total)
+            # a seed holds every chunk the map lists, including those published after this
+            # answer was written: "unknown" (may hold anything known) is exact for it
+            have = None if n.seed else decode_have(n.have, self.total)
             srcs.append(Source(n.peer_id, n.addr, frozenset(have) if have is not None else None,
                                fallback=n.fallback))
         self._neighbours = srcs

@@ -262,7 +262,7 @@ class Tracker:
             parents = set(task.peers.parent_of.get(ann.peer_id, ())) if self.policy.name == "tree" else None
             neighbours[th.task_id] = tuple(
                 Neighbour(e.peer_id, e.addr, e.zone, encode_have(e.have, e.complete),
-                          fallback=parents is not None and e.peer_id not in parents)
+                          fallback=parents is not None and e.peer_id not in parents, seed=e.seed)
                 for e in chosen)
             self.metrics.announces.inc()
         return AnnounceReply(self.config.announce_interval, neighbours)

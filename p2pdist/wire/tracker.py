@@ -219,10 +219,11 @@ class Neighbour:
     zone: str
     have: str  # encoded
     fallback: bool = False  # a last resort: ask it only when the others cannot serve
+    seed: bool = False  # holds every chunk the map lists (the tracker): its ``have`` is stale at once
 
     def to_dict(self) -> dict[str, Any]:
         return {"peer_id": self.peer_id, "addr": self.addr, "zone": self.zone, "have": self.have,
-                "fallback": self.fallback}
+                "fallback": self.fallback, "seed": self.seed}
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,7 @@ class AnnounceReply:
                           _str(n, "addr", "neighbour", pattern=_ADDR),
                           _str(n, "zone", "neighbour", pattern=_ZONE, default=""),
                           n.get("have", "") if isinstance(n.get("have", ""), str) else "",
-                          _bool(n, "fallback", "neighbour"))
+                          _bool(n, "fallback", "neighbour"), _bool(n, "seed", "neighbour"))
                 for n in (_obj(x, "neighbour") for x in ns))
         return cls(float(interval), out)
 
