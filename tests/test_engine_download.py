@@ -459,3 +459,24 @@ def test_fallback_source_takes_a_chunk_the_primary_failed() -> None:
     assert first.peer_id == "parent"
     (retry,) = fetches(st_.chunk_failed(0, "parent", "error", 0.1))
     assert retry.peer_id == "seed"
+
+
+def test_a_busy_seed_never_sends_a_chunk_to_the_origin() -> None:
+    """A seed's 503 means "full right now"; the chunk waits for it instead of costing the
+    origin another copy (a busy ordinary peer still counts toward busy_attempts)."""
+    st_ = state(n_known=1, total=1, busy_attempts=2, busy_backoff=0.1)
+    seed = Source("tracker", "t:1", None, seed=True)
+    (f,) = fetches(st_.set_sources([seed], 0.0) + st_.tick(0.0))
+    now = 0.0
+    for _ in range(10):
+        acts = st_.chunk_failed(0, "tracker", "busy", now)
+        assert origin(acts) == []
+        now += 0.2
+        acts += st_.tick(now)
+        assert origin(acts) == []
+        assert [a.peer_id for a in fetches(acts)] == ["tracker"]
+    peer_only = state(n_known=1, total=1, busy_attempts=2, busy_backoff=0.1)
+    fetches(peer_only.set_sources([src("p1")], 0.0) + peer_only.tick(0.0))
+    peer_only.chunk_failed(0, "p1", "busy", 0.0)
+    peer_only.tick(0.2)
+    assert origin(peer_only.chunk_failed(0, "p1", "busy", 0.2)) == [0]

@@ -39,7 +39,7 @@ class TrackerConfig:
     swarm_size: int = 8  # swarm: neighbours handed to a peer
     peer_ttl: float = 30.0  # a peer that has not announced for this long is forgotten
     announce_interval: float = 5.0  # the interval told to idle peers; downloading peers announce faster
-    upload_slots: int = 16
+    upload_slots: int = 4  # the seed's concurrent uploads: few, so each chunk leaves it fast (bench/lab.py)
     stale_after: float = 90.0  # a peer whose last heartbeat is older is shown as stale
     cluster_secret: str | None = field(default=None, repr=False)  # shared by trackers and peers; None: no component auth
     origin_concurrency: int = 4  # back-to-source budget: concurrent origin fetches per origin host

@@ -32,8 +32,11 @@ Invariants (checked by the property test in ``tests/test_engine_download.py``):
 Where a chunk goes (the rule, in order):
 
 - to the **origin**, if ``origin_fallback`` and any of:
-  (a) it failed ``peer_attempts`` times from peers, or was refused ``busy``
-  ``busy_attempts`` times (busy is counted apart: a busy peer is healthy, just full);
+  (a) it failed ``peer_attempts`` times from peers, or — only when ``busy_attempts`` is
+  set — was refused ``busy`` that many times. By default busy never sends a chunk to
+  the origin: a busy holder is healthy, just full, and will serve it soon; counting
+  busy sent 0.4–2.5 × the blob back to the origin in bench/lab.py (a busy *seed* is
+  never counted either way);
   (b) there is no live source at all: the source list is empty or every source was
   dropped — nobody could ever serve it, so waiting is pointless;
   (c) for ``source_wait`` seconds no live source could serve it (the starvation clock:
@@ -92,6 +95,9 @@ class Source:
     # once the primary sources could not serve it for ``fallback_wait`` seconds, or failed
     # it; never counted in availability, so rarest-first follows the primaries.
     fallback: bool = False
+    # Holds every listed chunk (the tracker): its "busy" means "ask again soon", never
+    # "go to the origin" — the origin is the most expensive place to get a byte.
+    seed: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,7 +170,7 @@ class DownloadState:
         source_wait: float = 30.0,
         fallback_wait: float = 2.0,
         busy_backoff: float = 0.5,
-        busy_attempts: int = 6,
+        busy_attempts: int | None = None,
         origin_retry: float = 1.0,
         rng: random.Random,
     ):
@@ -177,7 +183,7 @@ class DownloadState:
             ("per_source_in_flight", per_source_in_flight),
             ("peer_attempts", peer_attempts),
             ("origin_in_flight", origin_in_flight),
-            ("busy_attempts", busy_attempts),
+            ("busy_attempts", 1 if busy_attempts is None else busy_attempts),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -380,7 +386,8 @@ class DownloadState:
             self._missing.setdefault(source, set()).add(index)
         elif reason == "busy":
             self._cooldown[source] = now + self.busy_backoff
-        if current:
+        seed_busy = reason == "busy" and source in self._sources and self._sources[source].seed
+        if current and not seed_busy:
             counter = self._busy if reason == "busy" else self._attempts
             counter[index] = counter.get(index, 0) + 1
         return self._schedule(now)
@@ -419,7 +426,8 @@ class DownloadState:
     def _exhausted(self) -> set[int]:
         """Chunks the peers have had their chance at."""
         out = {i for i, n in self._attempts.items() if n >= self.peer_attempts}
-        out.update(i for i, n in self._busy.items() if n >= self.busy_attempts)
+        if self.busy_attempts is not None:
+            out.update(i for i, n in self._busy.items() if n >= self.busy_attempts)
         return out
 
     def _release(self, index: int) -> None:
@@ -475,7 +483,7 @@ class DownloadState:
 
             # Starvation clock: runs while no live source could serve a chunk. A source
             # cooling down after "busy" still counts (it is alive and will be asked
-            # again); busy refusals are bounded by busy_attempts instead.
+            # again); busy refusals go to the origin only if busy_attempts is set.
             self._clock_uncovered(self._starving_since, self._uncovered(pending, live), now)
             self._clock_uncovered(self._primary_starving_since,
                                   self._uncovered(pending, [s for s in live if not s.fallback]), now)

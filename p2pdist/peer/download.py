@@ -153,7 +153,7 @@ class Download:
             # answer was written: "unknown" (may hold anything known) is exact for it
             have = None if n.seed else decode_have(n.have, self.total)
             srcs.append(Source(n.peer_id, n.addr, frozenset(have) if have is not None else None,
-                               fallback=n.fallback))
+                               fallback=n.fallback, seed=n.seed))
         self._neighbours = srcs
         self._events_send.send_nowait(("sources", srcs))
         self._notify()
