@@ -181,9 +181,41 @@ async def test_mirror_bad_input(tmp_path, nursery, registry, path, status, code)
     nursery.cancel_scope.cancel()
 
 
+async def _slow_proxy(target: str, *, delay: float = 0.01,
+                      task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """A TCP forwarder to ``target`` (host:port) that paces the answers (about 6 MB/s),
+    so "the upstream dies mid-blob" is a certainty, not a race with a fast loopback."""
+    host, port = target.rsplit(":", 1)
+
+    async def pump(src, dst, pace: bool) -> None:
+        async for data in src:
+            await dst.send_all(data)
+            if pace:
+                await trio.sleep(delay)
+        await dst.aclose()
+
+    async def handle(client: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream(host, int(port))
+        async with client, upstream, trio.open_nursery() as n:
+            n.start_soon(pump, client, upstream, False)
+            n.start_soon(pump, upstream, client, True)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handle, listeners)
+
+
 async def test_upstream_dying_mid_blob_never_yields_a_complete_blob(tmp_path, nursery, registry, images):
     ref = await push_built(registry, "library/big", "v1", images.big)
-    c = await mirror_cluster(nursery, tmp_path, registry)
+    upstream_alive = trio.CancelScope()
+
+    async def proxy(task_status=trio.TASK_STATUS_IGNORED):
+        with upstream_alive:
+            await _slow_proxy(registry.host, task_status=task_status)
+
+    port = await nursery.start(proxy)
+    c = await start_cluster(nursery, tmp_path / "cluster", peers=1, peer_overrides={
+        "upstreams": (f"docker.io=http://127.0.0.1:{port}",), "back_to_source": False})
     peer = c.peers[0]
     layer = ref.layer_digests[0]
     size = images.big.layers[0].size
@@ -194,11 +226,13 @@ async def test_upstream_dying_mid_blob_never_yields_a_complete_blob(tmp_path, nu
                 assert r.status_code == 200 and int(r.headers["content-length"]) == size
                 async for piece in r.aiter_raw():
                     got += len(piece)
-                    if got >= 8 << 20 and registry.process.returncode is None:
-                        registry.process.kill()  # the upstream disappears mid-blob
+                    if got >= 8 << 20:
+                        upstream_alive.cancel()  # the upstream disappears mid-blob
         assert got < size
-    assert await peer.store.complete_map(layer.split(":")[1]) is None
+    task_id = layer.split(":")[1]
+    assert await peer.store.complete_map(task_id) is None
     with trio.fail_after(10):
-        while c.tracker.tasks[layer.split(":")[1]].error is None:
+        while c.tracker.tasks[task_id].error is None:
             await trio.sleep(0.05)
+    assert c.tracker.tasks[task_id].sealed is None
     nursery.cancel_scope.cancel()
