@@ -72,7 +72,12 @@ from transfer import (  # noqa: E402  (shared bench helpers)
     machine_info,
     p2pdist_bin,
     parse_size,
+    start_py_spy,
+    stop_py_spy,
     wait_ready,
+)
+from transfer import (
+    record as record_section,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,31 +267,6 @@ def stop_pair(procs: Procs, pair: Pair) -> None:
     procs.stop(pair.tracker)
     for d in pair.dirs:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def start_py_spy(procs: Procs, outdir: str, label: str, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not os.access(spy, os.X_OK):
-        raise SystemExit("--py-spy needs py-spy: .venv/bin/pip install py-spy")
-    Path(outdir).mkdir(parents=True, exist_ok=True)
-    spies = []
-    for name, pid in pids.items():
-        out = Path(outdir).resolve() / f"{label}-{name}.txt"
-        spies.append(procs.start(f"py-spy-{label}-{name}", [
-            spy, "record", "--pid", str(pid), "--rate", "250", "--threads", "--idle",
-            "--format", "raw", "--output", str(out)]))
-    time.sleep(0.5)  # let py-spy attach
-    return spies
-
-
-def stop_py_spy(procs: Procs, spies: list[subprocess.Popen[bytes]]) -> None:
-    for p in spies:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGINT)  # py-spy writes its output on SIGINT
-    for p in spies:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(15)
-        procs.stop(p)
 
 
 # -- results -----------------------------------------------------------------------------------
@@ -671,15 +651,7 @@ def render(res: Result) -> str:
 
 
 def record(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else (
-        "# Benchmark results\n\nEach section is written by its benchmark in `bench/`; rerun it to replace it.\n")
-    if MARK_START in old and MARK_END in old:
-        head, rest = old.split(MARK_START, 1)
-        _, tail = rest.split(MARK_END, 1)
-        new = head + text.rstrip("\n") + tail
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new)
+    record_section(text, MARK_START, MARK_END, RESULTS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -354,19 +354,19 @@ def start_task(api: str, body: dict[str, Any]) -> None:
         raise RuntimeError(f"POST {api}/api/v1/tasks: {status} {reply!r}")
 
 
-def start_py_spy(procs: Procs, outdir: str, run: int, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
-    """`py-spy record` on each peer for the timed transfer (raw collapsed stacks + SVG later)."""
+def start_py_spy(procs: Procs, outdir: str, label: str, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """`py-spy record` on each process of ``pids`` (raw collapsed stacks, ``<label>-<name>.txt``)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not os.access(spy, os.X_OK):
         raise SystemExit("--py-spy needs py-spy: .venv/bin/pip install py-spy")
     Path(outdir).mkdir(parents=True, exist_ok=True)
     spies = []
     for name, pid in pids.items():
-        out = Path(outdir).resolve() / f"run{run}-peer-{name}.txt"
-        spies.append(procs.start(f"py-spy-{name}-{run}", [
+        out = Path(outdir).resolve() / f"{label}-{name}.txt"
+        spies.append(procs.start(f"py-spy-{label}-{name}", [
             spy, "record", "--pid", str(pid), "--rate", "250", "--threads", "--idle",
             "--format", "raw", "--output", str(out)]))
-    time.sleep(0.5)  # let py-spy attach before the transfer starts
+    time.sleep(0.5)  # let py-spy attach before the measured step starts
     return spies
 
 
@@ -376,7 +376,7 @@ def stop_py_spy(procs: Procs, spies: list[subprocess.Popen[bytes]]) -> None:
             os.killpg(p.pid, signal.SIGINT)  # py-spy writes its output on SIGINT
     for p in spies:
         with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(10)
+            p.wait(15)
         procs.stop(p)
 
 
@@ -516,7 +516,7 @@ def bench(args: argparse.Namespace, res: Result, procs: Procs, work: Path) -> No
             b = procs.start(f"peer-b-{i}", [exe, "peer", "--listen", b_addr, "--data-dir", str(b_dir)], env)
             try:
                 wait_ready(procs, f"peer-b-{i}", b, f"{b_api}/readyz")
-                spies = start_py_spy(procs, args.py_spy, i, {"a": a_proc.pid, "b": b.pid}) if args.py_spy else []
+                spies = start_py_spy(procs, args.py_spy, f"run{i}-peer", {"a": a_proc.pid, "b": b.pid}) if args.py_spy else []
                 with RssSampler({"a": a_proc.pid, "b": b.pid}) as rss:
                     t0 = time.perf_counter()
                     start_task(b_api, {"url": url, "digest": digest, "nodes": [a_addr]})
@@ -610,17 +610,19 @@ def render(res: Result) -> str:
     return "\n".join(lines) + "\n"
 
 
-def record(text: str, start: str = MARK_START, end: str = MARK_END) -> None:
-    """Replace the section between ``start`` and ``end`` in RESULTS.md (append if absent)."""
-    MARK_START, MARK_END = start, end  # noqa: N806 - the section this call replaces
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEach section is written by its benchmark in `bench/`; rerun it to replace it.\n"
-    if MARK_START in old and MARK_END in old:
-        head, rest = old.split(MARK_START, 1)
-        _, tail = rest.split(MARK_END, 1)
+def record(text: str, start: str = MARK_START, end: str = MARK_END, results: Path | None = None) -> None:
+    """Replace the section between ``start`` and ``end`` in ``results`` (default
+    bench/RESULTS.md); append it if absent."""
+    results = results or RESULTS
+    old = results.read_text() if results.exists() else (
+        "# Benchmark results\n\nEach section is written by its benchmark in `bench/`; rerun it to replace it.\n")
+    if start in old and end in old:
+        head, rest = old.split(start, 1)
+        _, tail = rest.split(end, 1)
         new = head + text.rstrip("\n") + tail
     else:
         new = old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new)
+    results.write_text(new)
 
 
 def main(argv: list[str] | None = None) -> int:

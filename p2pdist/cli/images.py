@@ -12,7 +12,11 @@ from p2pdist.backend.registry import ANONYMOUS, Credentials, credentials_from_do
 from p2pdist.shim.reference import (
     DOCKER_HUB,
     ImageReference,
+    Platform,
+    default_platform,
     default_registry_url,
+    parse_image_reference,
+    parse_platform,
     parse_registry_overrides,
 )
 
@@ -33,3 +37,12 @@ def registry_credentials(ref: ImageReference, env: Mapping[str, str] = os.enviro
         if creds != ANONYMOUS:
             return creds
     return ANONYMOUS
+
+
+def image_target(args: object, env: Mapping[str, str] = os.environ
+                 ) -> tuple[ImageReference, Platform, str, Credentials]:
+    """What an image command's arguments name: the reference, the platform (``--platform``
+    or this machine's), the registry URL and the stored credentials."""
+    ref = parse_image_reference(args.image)  # type: ignore[attr-defined]
+    plat = parse_platform(args.platform) if args.platform else default_platform()  # type: ignore[attr-defined]
+    return ref, plat, registry_url(ref, args.registry), registry_credentials(ref, env)  # type: ignore[attr-defined]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import random
 import sys
 from typing import Any
@@ -16,12 +15,11 @@ import trio
 
 from p2pdist.backend.registry import RegistryClient
 from p2pdist.cli.get import progress_bar
-from p2pdist.cli.images import registry_credentials, registry_url
+from p2pdist.cli.images import image_target
 from p2pdist.core.errors import TaskFailed
 from p2pdist.net.auth import token_headers
 from p2pdist.peer.localapi import cluster_secret
 from p2pdist.shim.preheat import PeerProgress, choose_peers, preheat, tracker_peers
-from p2pdist.shim.reference import default_platform, parse_image_reference, parse_platform
 from p2pdist.shim.resolve import blob_specs, resolve_image
 
 DEFAULT_TRACKER = "http://127.0.0.1:7400"
@@ -43,10 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_preheat(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR, format="p2pdist: %(name)s: %(message)s")
-    ref = parse_image_reference(args.image)
-    plat = parse_platform(args.platform) if args.platform else default_platform()
-    url = registry_url(ref, args.registry)
-    creds = registry_credentials(ref, os.environ)
+    ref, plat, url, creds = image_target(args)
     show = not args.no_progress and sys.stderr.isatty()
     trackers = args.tracker or [DEFAULT_TRACKER]
 

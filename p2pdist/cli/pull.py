@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Any
 
@@ -17,7 +16,7 @@ import trio
 
 from p2pdist.backend.registry import Credentials, RegistryClient
 from p2pdist.cli.get import progress_bar
-from p2pdist.cli.images import registry_credentials, registry_url
+from p2pdist.cli.images import image_target
 from p2pdist.core.digest import Digest
 from p2pdist.peer.localapi import DEFAULT_DAEMON, LocalApiClient, daemon_alive, embedded_peer_config
 from p2pdist.shim.loader import DockerLoader
@@ -25,9 +24,6 @@ from p2pdist.shim.pull import BlobSource, DaemonSource, PeerSource, PullResult, 
 from p2pdist.shim.reference import (
     ImageReference,
     Platform,
-    default_platform,
-    parse_image_reference,
-    parse_platform,
 )
 from p2pdist.shim.resolve import ResolvedImage, blob_specs, resolve_image
 
@@ -46,10 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_pull(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR, format="p2pdist: %(name)s: %(message)s")
-    ref = parse_image_reference(args.image)
-    plat = parse_platform(args.platform) if args.platform else default_platform()
-    url = registry_url(ref, args.registry)
-    creds = registry_credentials(ref, os.environ)
+    ref, plat, url, creds = image_target(args)
     daemon = args.daemon
     if daemon is None and not args.tracker and daemon_alive(DEFAULT_DAEMON):
         daemon = DEFAULT_DAEMON
