@@ -47,9 +47,13 @@ async def test_heartbeats_fill_the_fleet_view_and_silent_peers_go_stale(tmp_path
     table = format_status(st)
     assert "peer0" in table and "rack-a" in table and __version__ in table
 
+    c.tracker.expire()
+    assert c.tracker.metrics.registry.get_sample_value("p2pdist_tracker_stale_peers") == 0
     c.kill_peer(2)
     await wait_for(lambda: c.tracker.status()["peers"][2]["stale"], timeout=5)
     assert not c.tracker.status()["peers"][0]["stale"]
+    c.tracker.expire()
+    assert c.tracker.metrics.registry.get_sample_value("p2pdist_tracker_stale_peers") == 1
     nursery.cancel_scope.cancel()
 
 

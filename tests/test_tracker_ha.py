@@ -65,3 +65,21 @@ async def test_owner_killed_mid_distribution_every_peer_finishes(tmp_path, nurse
     others = [t for i, t in enumerate(trackers) if i != owner]
     assert any(spec.task_id in t.tasks for t in others)
     nursery.cancel_scope.cancel()
+
+
+async def test_a_dns_name_with_several_addresses_stands_for_every_tracker(monkeypatch):
+    """A headless Service's name resolves to one address per tracker pod."""
+    import socket
+
+    async def fake_getaddrinfo(host, port, *args, **kwargs):
+        assert host == "p2pdist-tracker.p2pdist.svc"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))
+                for ip in ("10.1.0.7", "10.1.0.5", "10.1.0.6", "10.1.0.5")]
+
+    monkeypatch.setattr(trio.socket, "getaddrinfo", fake_getaddrinfo)
+    client = TrackerClient(["http://p2pdist-tracker.p2pdist.svc:7400", "http://10.9.9.9:7400"])
+    await client._refresh()
+    assert client.urls == ["http://10.1.0.5:7400", "http://10.1.0.6:7400", "http://10.1.0.7:7400",
+                           "http://10.9.9.9:7400"]
+    assert client.owners("a" * 64)[0] in client.urls
+    await client.aclose()

@@ -31,6 +31,7 @@ class Metrics:
         self.request_seconds = Histogram("p2pdist_request_seconds", "HTTP request latency", ["route"], registry=r)
         self.peers = Gauge("p2pdist_tracker_peers", "Peers known to the tracker", registry=r)
         self.tasks = Gauge("p2pdist_tracker_tasks", "Tasks known to the tracker", registry=r)
+        self.stale_peers = Gauge("p2pdist_tracker_stale_peers", "Peers whose heartbeat is late", registry=r)
         self.announces = Counter("p2pdist_tracker_announces", "Task announces handled", registry=r)
         self.mirror_requests = Counter("p2pdist_mirror_requests", "Registry mirror requests",
                                        ["kind", "status"], registry=r)

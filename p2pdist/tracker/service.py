@@ -68,14 +68,16 @@ class PeerRecord:
     last_heartbeat: float | None = None
     heartbeat: Heartbeat | None = None
 
+    def stale(self, now: float, stale_after: float) -> bool:
+        return self.last_heartbeat is None or now - self.last_heartbeat > stale_after
+
     def view(self, peer_id: str, now: float, stale_after: float) -> dict[str, object]:
         hb = self.heartbeat
-        beat_age = None if self.last_heartbeat is None else now - self.last_heartbeat
         out: dict[str, object] = {
             "peer_id": peer_id, "addr": self.addr, "zone": self.zone,
             "last_seen_s": round(now - self.last_seen, 1),
-            "last_heartbeat_s": None if beat_age is None else round(beat_age, 1),
-            "stale": beat_age is None or beat_age > stale_after,
+            "last_heartbeat_s": None if self.last_heartbeat is None else round(now - self.last_heartbeat, 1),
+            "stale": self.stale(now, stale_after),
         }
         if hb is not None:
             out.update({k: v for k, v in hb.to_dict().items() if k not in ("peer_id", "addr", "zone")})
@@ -288,6 +290,7 @@ class Tracker:
             if now - rec.last_seen > forget_after:
                 del self.fleet[pid]
         self.metrics.peers.set(len(self.fleet))
+        self.metrics.stale_peers.set(sum(rec.stale(now, self.config.stale_after) for rec in self.fleet.values()))
         self.metrics.tasks.set(len(self.tasks))
 
     def status(self) -> dict[str, object]:
