@@ -43,6 +43,7 @@ class StaticOrigin:
     port: int = 0
     piece: int = 1 << 20
     fail_after: int | None = None  # cut every response after this many bytes (a dying origin)
+    delay: float = 0.0  # pause after each piece: a slow origin, so a test can act mid-seeding
     streaming: int = 0  # bodies being sent right now
     max_streaming: int = 0  # the most sent at once
 
@@ -89,7 +90,10 @@ class StaticOrigin:
                 sent += n
                 yield bytes(view[pos:pos + n])
                 pos += n
-                await trio.lowlevel.checkpoint()
+                if self.delay:
+                    await trio.sleep(self.delay)
+                else:
+                    await trio.lowlevel.checkpoint()
         finally:
             self.streaming -= 1
 

@@ -8,8 +8,6 @@ store ever holds a byte under a name it does not hash to.
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 import trio
@@ -22,19 +20,6 @@ from p2pdist.peer.download import Download
 from p2pdist.testing import StaticOrigin, make_blob, sha256_digest, start_cluster, start_peer
 
 FAST = {"chunk_timeout": 2.0}
-
-
-@dataclass
-class SlowOrigin(StaticOrigin):
-    """A StaticOrigin that pauses after each piece, so a seeding is still running while
-    the test acts on the cluster."""
-
-    delay: float = 0.0
-
-    async def _pieces(self, data: bytes, start: int, length: int) -> AsyncIterator[bytes]:
-        async for piece in super()._pieces(data, start, length):
-            yield piece
-            await trio.sleep(self.delay)
 
 
 async def wait_held(d: Download, n: int) -> None:
@@ -187,7 +172,7 @@ async def test_tracker_unreachable_falls_back_to_origin(tmp_path):
 
 async def test_tracker_killed_while_seeding(tmp_path):
     blob = make_blob(10 * 4 * MiB + 1, seed=16)
-    origin = SlowOrigin({"b": blob}, piece=1 * MiB, delay=0.01)
+    origin = StaticOrigin({"b": blob}, piece=1 * MiB, delay=0.05)  # 2 s of seeding: time to kill the tracker midway
     async with trio.open_nursery() as nursery:
         c = await start_cluster(nursery, tmp_path, peers=4, origin=origin, peer_overrides=FAST)
         spec = TaskSpec(origin.url("b"), sha256_digest(blob))

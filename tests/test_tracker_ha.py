@@ -32,7 +32,7 @@ def test_rendezvous_owner_is_stable_and_moves_only_the_dead_trackers_tasks():
 
 async def test_owner_killed_mid_distribution_every_peer_finishes(tmp_path, nursery):
     blob = make_blob(16 * 4 * MiB + 11, seed=51)
-    origin = StaticOrigin({"b": blob}, piece=256 * 1024)
+    origin = StaticOrigin({"b": blob}, piece=1024 * 1024, delay=0.03)  # ~2 s of seeding
     await nursery.start(origin.serve)
     trackers, scopes = [], []
     for i in range(3):
