@@ -19,6 +19,7 @@ from collections import defaultdict
 import trio
 
 from p2pdist.core.errors import Busy, ChunkUnknown, P2PError, Unavailable, error_from_code
+from p2pdist.net.http import parse_response_head
 from p2pdist.net.throttle import TokenBucket
 
 MAX_HEAD = 16 * 1024
@@ -137,17 +138,11 @@ class ChunkClient:
             if not piece:
                 raise _ShortRead("connection closed before the response head")
             data += piece
-        head = bytes(data[:end]).decode("latin-1")
         conn.pending = bytearray(data[end + 4:])
-        lines = head.split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[1].isdigit():
-            raise Unavailable(f"malformed status line {lines[0][:100]!r}")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        return int(parts[1]), headers
+        try:
+            return parse_response_head(bytes(data[:end]))
+        except ValueError as exc:
+            raise Unavailable(f"peer sent {exc}") from exc
 
     async def _read_into(self, conn: _Conn, view: memoryview, length: int) -> None:
         got = 0

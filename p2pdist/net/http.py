@@ -427,6 +427,21 @@ def advertise_addr(listen: str, port: int, configured: str | None) -> str:
     return f"{host}:{port}"
 
 
+def parse_response_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """``(status, headers)`` of a response head (without its blank line), header names
+    lower-cased, the last of repeated headers kept: enough for the two raw clients, which
+    read only status, length and encoding. ValueError for a malformed status line."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise ValueError(f"malformed status line {lines[0][:100]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(parts[1]), headers
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """Parse a single ``bytes=a-b`` range into ``(offset, length)``; None without a header.
 

@@ -18,6 +18,7 @@ from urllib.parse import urljoin, urlsplit
 import trio
 
 from p2pdist.core.errors import OriginError
+from p2pdist.net.http import parse_response_head
 
 MAX_HEAD = 64 * 1024
 MAX_REDIRECTS = 5
@@ -93,17 +94,13 @@ async def _exchange(url: str, headers: Sequence[tuple[str, str]]) -> RawResponse
             if not piece:
                 raise OriginError(f"origin {url} closed the connection before answering")
             data += piece
-        head = bytes(data[:end]).decode("latin-1").split("\r\n")
-        status_parts = head[0].split(" ", 2)
-        if len(status_parts) < 2 or not status_parts[1].isdigit():
-            raise OriginError(f"origin {url} sent a malformed status line")
-        hdrs: dict[str, str] = {}
-        for line in head[1:]:
-            k, _, v = line.partition(":")
-            hdrs[k.strip().lower()] = v.strip()
+        try:
+            status, hdrs = parse_response_head(bytes(data[:end]))
+        except ValueError as exc:
+            raise OriginError(f"origin {url} sent a {exc}") from exc
         if "chunked" in hdrs.get("transfer-encoding", "").lower():
             raise Fallback()
-        return RawResponse(stream, int(status_parts[1]), hdrs, bytearray(data[end + 4:]), url)
+        return RawResponse(stream, status, hdrs, bytearray(data[end + 4:]), url)
     except (OSError, trio.BrokenResourceError) as exc:
         await stream.aclose()
         raise OriginError(f"origin {url} failed: {exc}") from exc
