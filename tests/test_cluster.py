@@ -52,7 +52,10 @@ async def test_six_peers_share_one_origin_fetch(tmp_path, topology):
 async def test_tree_children_fetch_from_their_parents(tmp_path):
     origin = StaticOrigin({"layer": BLOB})
     async with trio.open_nursery() as nursery:
-        c = await start_cluster(nursery, tmp_path, peers=6, topology="tree", origin=origin)
+        # children wait for their parents rather than the seed (how long is load-dependent
+        # at the 2 s default, so the test makes it certain)
+        c = await start_cluster(nursery, tmp_path, peers=6, topology="tree", origin=origin,
+                                peer_overrides={"fallback_wait": 30.0})
         spec = TaskSpec(origin.url("layer"), sha256_digest(BLOB))
         with trio.fail_after(40):
             ds = [p.start_download(spec) for p in c.peers]

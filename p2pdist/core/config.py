@@ -68,6 +68,7 @@ class PeerConfig:
     per_source_in_flight: int = 4  # one source must keep its link busy while chunks are checked and written
     chunk_timeout: float = 10.0  # per-chunk deadline before asking elsewhere
     peer_attempts: int = 2  # tries from peers before a chunk goes back to source
+    fallback_wait: float = 2.0  # tree: how long a chunk waits for its parents before the seed is asked
     back_to_source: bool = True
     chunk_policy: str = field(default="rarest", metadata=_choice(*CHUNK_POLICIES))
     wire_compression: str = field(default="auto", metadata=_choice("auto", "off"))
@@ -126,7 +127,7 @@ LIVE_KEYS = {
     TrackerConfig: {"topology", "fanout", "swarm_size", "upload_slots", "log_level", "log_format",
                     "peer_ttl", "announce_interval", "stale_after"},
     PeerConfig: {"upload_rate", "download_rate", "upload_slots", "log_level", "log_format",
-                 "max_in_flight", "per_source_in_flight", "chunk_timeout", "peer_attempts",
+                 "max_in_flight", "per_source_in_flight", "chunk_timeout", "peer_attempts", "fallback_wait",
                  "back_to_source", "chunk_policy", "wire_compression", "announce_interval",
                  "heartbeat_interval", "auth_cache_ttl", "tag_cache_ttl"},
 }

@@ -440,7 +440,7 @@ class Download:
             peer_attempts=cfg.peer_attempts, origin_fallback=cfg.back_to_source,
             # A chunk no live source can serve (its holders are gone, or the tracker that
             # would name new ones is) goes back to source after a chunk's time, not 30 s.
-            source_wait=cfg.chunk_timeout, rng=env.rng)
+            source_wait=cfg.chunk_timeout, fallback_wait=cfg.fallback_wait, rng=env.rng)
         async with trio.open_nursery() as nursery:
             now = env.clock()
             # sources before the map: with a map and no sources the engine goes to the origin
