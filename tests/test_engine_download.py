@@ -52,11 +52,24 @@ def test_fills_in_flight_up_to_the_cap() -> None:
 
 
 def test_per_source_cap_and_refill_on_success() -> None:
-    d = state(n_known=10, total=10, per_source_in_flight=2)
+    d = state(n_known=10, total=10, max_in_flight=4, per_source_in_flight=1)
+    got = fetches(d.set_sources([src(p) for p in "abcd"], 0.0))
+    assert sorted(f.peer_id for f in got) == ["a", "b", "c", "d"]
+    more = fetches(d.chunk_ok(got[0].index, got[0].peer_id, 1.0))
+    assert [(f.peer_id, f.deadline) for f in more] == [(got[0].peer_id, 11.0)]
+
+
+def test_few_sources_share_max_in_flight() -> None:
+    """One source that can serve takes all of max_in_flight (the seed of a cold mirror
+    pull, a single --node); a source holding nothing pending does not count."""
+    d = state(n_known=10, total=10, max_in_flight=8, per_source_in_flight=2)
     got = fetches(d.set_sources([src("a")], 0.0))
-    assert len(got) == 2 and {f.peer_id for f in got} == {"a"}
-    more = fetches(d.chunk_ok(got[0].index, "a", 1.0))
-    assert len(more) == 1 and more[0].deadline == 11.0
+    assert len(got) == 8 and {f.peer_id for f in got} == {"a"}
+    d = state(n_known=10, total=10, max_in_flight=6, per_source_in_flight=1)
+    got = fetches(d.set_sources([src("a"), src("b", range(5)), src("empty", set())], 0.0))
+    per = {p: sum(f.peer_id == p for f in got) for p in ("a", "b", "empty")}
+    assert per == {"a": 3, "b": 3, "empty": 0}
+    assert d.source_cap(1) == 6 and d.source_cap(4) == 2 and d.source_cap(10) == 1
 
 
 def test_least_loaded_source_is_preferred() -> None:
@@ -146,6 +159,28 @@ def test_corrupt_drops_the_source_forever() -> None:
         queue += fetches(d.chunk_ok(f.index, f.peer_id, 3.0))
     assert all(f.peer_id == "good" for f in asked)
     assert d.done and bad.index in {f.index for f in asked}
+
+
+def test_missing_is_no_attempt_toward_the_origin() -> None:
+    """A seed that passed a fresh chunk on answers "missing"; so does a peer that lacks
+    it. Neither is a failure of the chunk: it waits for a holder (the next announce)
+    instead of going back to source, until the starvation clock runs out."""
+    d = state(n_known=1, total=1, peer_attempts=2, source_wait=30.0)
+    sources = [Source("seed", "seed:1", None, seed=True), src("p")]
+    acts = d.set_sources(sources, 0.0)
+    for t in (0.1, 0.2):  # each says missing in turn: no origin
+        (f,) = fetches(acts)
+        acts = d.chunk_failed(f.index, f.peer_id, "missing", t)
+        assert not origin(acts)
+    assert acts == []  # nobody to ask until the next announce answer
+    acts = d.set_sources(sources, 0.5)  # news (unknown haves): both may be asked again
+    for t in (0.6, 0.7):
+        (f,) = fetches(acts)
+        acts = d.chunk_failed(f.index, f.peer_id, "missing", t)
+        assert not origin(acts)
+    assert d.stats.missing == 4
+    assert origin(d.tick(30.6)) == []
+    assert origin(d.tick(30.7)) == [0]  # uncovered since 0.7 s: the starvation clock ran out
 
 
 def test_errors_strike_three_times_then_drop() -> None:

@@ -24,7 +24,9 @@ Invariants (checked by the property test in ``tests/test_engine_download.py``):
 3. A dropped source (it sent corrupt data, or failed with errors three times) is never
    asked again in this download, even if the tracker lists it again.
 4. Capacity: at most ``max_in_flight`` fetches in flight, of which at most
-   ``origin_in_flight`` from the origin and ``per_source_in_flight`` per peer.
+   ``origin_in_flight`` from the origin and, per peer, ``per_source_in_flight`` — or,
+   when fewer peers than that would fill ``max_in_flight`` could serve a pending chunk,
+   an equal share of ``max_in_flight`` among those that can (:meth:`source_cap`).
 5. Liveness: if every fetch eventually succeeds and the driver calls :meth:`tick` at
    :meth:`next_deadline`, the download ends with :class:`Done` (with ``origin_fallback``;
    without it, only if the peers between them hold every chunk).
@@ -32,7 +34,8 @@ Invariants (checked by the property test in ``tests/test_engine_download.py``):
 Where a chunk goes (the rule, in order):
 
 - to the **origin**, if ``origin_fallback`` and any of:
-  (a) it failed ``peer_attempts`` times from peers, or — only when ``busy_attempts`` is
+  (a) it failed (``error``, ``timeout``, ``corrupt``; ``missing`` is no failure of the
+  chunk) ``peer_attempts`` times from peers, or — only when ``busy_attempts`` is
   set — was refused ``busy`` that many times. By default busy never sends a chunk to
   the origin: a busy holder is healthy, just full, and will serve it soon; counting
   busy sent 0.4–2.5 × the blob back to the origin in bench/lab.py (a busy *seed* is
@@ -48,6 +51,11 @@ Where a chunk goes (the rule, in order):
   after ``busy``, holding the chunk (``have`` is None — unknown, may hold anything — or
   contains it) and not marked ``missing`` for it. Among those: one not yet tried for
   this chunk, then a primary over a fallback, then the least loaded, then random.
+  Spreading fetches over many sources (``per_source_in_flight`` 1) keeps each transfer
+  fast, so a chunk a peer just received is passed on sooner; with few sources that
+  could serve anything (one seed, one ``--node``), each takes a share of
+  ``max_in_flight`` instead, so the link stays full while chunks are checked and
+  written.
 - a **fallback** source (``Source.fallback``: a tree child's seed while its parent
   lags) is eligible for a chunk only once the primaries failed it, or none of them could
   serve it for ``fallback_wait`` seconds; it never counts in availability.
@@ -386,8 +394,10 @@ class DownloadState:
             self._missing.setdefault(source, set()).add(index)
         elif reason == "busy":
             self._cooldown[source] = now + self.busy_backoff
+        # "missing" is no attempt: the source simply lacks it (or, the seed, passed it on
+        # to another peer), and the starvation clock covers a chunk that nobody holds.
         seed_busy = reason == "busy" and source in self._sources and self._sources[source].seed
-        if current and not seed_busy:
+        if current and not seed_busy and reason != "missing":
             counter = self._busy if reason == "busy" else self._attempts
             counter[index] = counter.get(index, 0) + 1
         return self._schedule(now)
@@ -551,11 +561,20 @@ class DownloadState:
             actions.append(FetchOrigin(i))
         return actions
 
+    def source_cap(self, useful: int) -> int:
+        """Fetches one source may have in flight when ``useful`` sources could serve a
+        pending chunk: ``per_source_in_flight``, or an equal share of ``max_in_flight``
+        when there are too few sources to fill it."""
+        return max(self.per_source_in_flight, -(-self.max_in_flight // max(1, useful)))
+
     def _schedule_peers(self, now: float, ready: list[Source]) -> list[Action]:
         actions: list[Action] = []
-        cap = self.per_source_in_flight
         exhausted = self._exhausted() if self.origin_fallback else set()
         allowed = self._fallback_allowed(now) if any(s.fallback for s in ready) else set()
+        cap = self.source_cap(sum(
+            1 for s in ready
+            if (self._could_serve(s, self._pending) & allowed if s.fallback
+                else self._could_serve(s, self._pending)) - exhausted))
         while self._pending and len(self._in_flight) < self.max_in_flight:
             spare = [s for s in ready if self._load.get(s.peer_id, 0) < cap]
             candidates: set[int] = set()
