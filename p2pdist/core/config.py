@@ -40,6 +40,7 @@ class TrackerConfig:
     peer_ttl: float = 30.0  # a peer that has not announced for this long is forgotten
     announce_interval: float = 5.0  # the interval told to idle peers; downloading peers announce faster
     upload_slots: int = 4  # the seed's concurrent uploads: few, so each chunk leaves it fast (bench/lab.py)
+    seed_grace: float = 5.0  # swarm, while a blob streams in: a chunk the seed sent goes to no other peer for this long
     stale_after: float = 90.0  # a peer whose last heartbeat is older is shown as stale
     cluster_secret: str | None = field(default=None, repr=False)  # shared by trackers and peers; None: no component auth
     origin_concurrency: int = 4  # back-to-source budget: concurrent origin fetches per origin host
@@ -49,6 +50,8 @@ class TrackerConfig:
     def validate(self) -> None:
         _positive(self, "fanout", "swarm_size", "peer_ttl", "announce_interval", "upload_slots", "stale_after",
                   "origin_concurrency")
+        if self.seed_grace < 0:
+            raise ConfigError(f"config key 'seed_grace': must not be negative, got {self.seed_grace}")
         _hostport(self, "listen")
         if self.advertise is not None:
             _hostport(self, "advertise")
@@ -65,7 +68,7 @@ class PeerConfig:
     zone: str = ""
     upload_slots: int = 8  # concurrent chunk uploads; past it a peer answers 503
     max_in_flight: int = 8  # concurrent chunk fetches per download
-    per_source_in_flight: int = 4  # one source must keep its link busy while chunks are checked and written
+    per_source_in_flight: int = 4  # per source while many can serve; with few, each takes a share of max_in_flight
     chunk_timeout: float = 10.0  # per-chunk deadline before asking elsewhere
     peer_attempts: int = 2  # tries from peers before a chunk goes back to source
     fallback_wait: float = 2.0  # tree: how long a chunk waits for its parents before the seed is asked
@@ -124,7 +127,7 @@ def _hostport(cfg: Any, key: str) -> None:
 
 # keys a running service applies on reload (SIGHUP or a changed file); the rest need a restart
 LIVE_KEYS = {
-    TrackerConfig: {"topology", "fanout", "swarm_size", "upload_slots", "log_level", "log_format",
+    TrackerConfig: {"topology", "fanout", "swarm_size", "upload_slots", "seed_grace", "log_level", "log_format",
                     "peer_ttl", "announce_interval", "stale_after"},
     PeerConfig: {"upload_rate", "download_rate", "upload_slots", "log_level", "log_format",
                  "max_in_flight", "per_source_in_flight", "chunk_timeout", "peer_attempts", "fallback_wait",

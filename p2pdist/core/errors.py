@@ -74,6 +74,12 @@ class ChunkUnknown(NotFound):
     code = "CHUNK_UNKNOWN"
 
 
+class ChunkPassedOn(ChunkUnknown):
+    """The seed sent this chunk to another peer moments ago (engine.firstcopy)."""
+
+    code = "CHUNK_PASSED_ON"
+
+
 class TaskUnknown(NotFound):
     code = "TASK_UNKNOWN"
 

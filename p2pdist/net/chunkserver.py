@@ -68,11 +68,16 @@ async def _paced(body: bytes, throttle: TokenBucket) -> AsyncIterator[bytes]:
 def make_chunk_handler(store: ChunkStore, slots: UploadSlots, *, compression: bool = True,
                        on_served: Callable[[int], None] | None = None,
                        limiter: trio.CapacityLimiter | None = None,
-                       throttle: TokenBucket | None = None) -> Handler:
+                       throttle: TokenBucket | None = None,
+                       admit: Callable[[str, Request], None] | None = None) -> Handler:
+    """``admit(name, request)``, if given, may refuse a chunk by raising (the seed's
+    first-copy rule, engine.firstcopy) before a slot is taken."""
     memo: OrderedDict[str, bool] = OrderedDict()
 
     async def handle(request: Request) -> Response:
         name = parse_chunk_name(request.params["name"])
+        if admit is not None and store.has(name):
+            admit(name, request)
         if not slots.try_acquire():
             raise Busy(f"all {slots.slots} upload slots are in use")
         released = False

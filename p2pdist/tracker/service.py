@@ -27,6 +27,7 @@ from p2pdist.core.chunkmap import ChunkMap, chunk_count
 from p2pdist.core.config import LIVE_KEYS, TrackerConfig, changed_keys, split_hostport
 from p2pdist.core.errors import BadRequest, P2PError, TaskUnknown, p2p_error_in
 from p2pdist.core.task import TaskSpec
+from p2pdist.engine.firstcopy import FirstCopies
 from p2pdist.engine.neighbours import NeighbourPolicy, PeerEntry, TaskPeers, choose_neighbours
 from p2pdist.net.auth import require_token
 from p2pdist.net.chunkserver import UploadSlots, make_chunk_handler
@@ -135,6 +136,7 @@ class Tracker:
         self.slots = UploadSlots(config.upload_slots)
         metrics.upload_slots_in_use.set_function(lambda: self.slots.in_use)
         self._origin_budget: dict[str, trio.Semaphore] = {}
+        self.first_copies = FirstCopies(config.seed_grace)
         self._nursery: trio.Nursery | None = None
 
     def apply_config(self, new: TrackerConfig) -> set[str]:
@@ -146,6 +148,7 @@ class Tracker:
         self.policy = NeighbourPolicy(self.config.topology, fanout=self.config.fanout,
                                       swarm_size=self.config.swarm_size)
         self.slots.slots = self.config.upload_slots
+        self.first_copies.grace = self.config.seed_grace
         return restart
 
     # -- tasks ----------------------------------------------------------------------------
@@ -205,6 +208,7 @@ class Tracker:
             task.origin_bytes += length
             self.metrics.bytes_from_origin.inc(length)
             seed.have.add(index)
+            self.first_copies.publish(name)
             task.notify()
 
         log.info("seeding task %s from origin", task.task_id)
@@ -227,6 +231,7 @@ class Tracker:
             task.error = err
         finally:
             self.store.unpin(task.chunks)
+            self.first_copies.retire(task.chunks)
             task.seeding = False
             self.metrics.active_tasks.dec()
             task.notify()
@@ -347,8 +352,13 @@ class Tracker:
             return Response.text(PAGE, content_type="text/html; charset=utf-8")
 
         r.route("GET", "/ui", ui)
+        def admit(name: str, request: Request) -> None:
+            if self.policy.name == "swarm":
+                host = request.client[0] if request.client else ""
+                self.first_copies.admit(name, host, self.clock())
+
         r.route("GET", "/chunks/{name}", require_token(guard, make_chunk_handler(
-            self.store, self.slots, on_served=self.metrics.bytes_served.inc)))
+            self.store, self.slots, on_served=self.metrics.bytes_served.inc, admit=admit)))
 
         async def ready() -> str | None:
             return None
