@@ -11,15 +11,21 @@ the tracker's neighbour handout is ``p2pdist.engine.neighbours.choose_neighbours
 
 What is modelled (time-stepped, ``--dt`` seconds):
 
-* links: each host has an upload and a download cap; every transfer in flight gets
-  ``min(up_src / uploads_at_src, down_dst / downloads_at_dst)`` (equal shares, no TCP
-  dynamics, no per-packet overhead, zero latency);
+* links: each host has an upload and a download cap; the transfers in flight share
+  them max-min fairly (progressive filling — what TCP flows converge to; no slow start,
+  no per-packet overhead, zero latency);
+* the seed applies the tracker's first-copy rule (``p2pdist.engine.firstcopy``, swarm
+  only): while the blob streams in, a chunk it sent goes to no other peer for
+  ``seed_grace`` seconds;
 * the seed (the tracker) receives the blob from the origin at ``--origin-rate`` and
   publishes each chunk when it is complete (cut-through); peers learn the map at once
   (the long poll);
-* announces: a peer announces ``--min-gap`` (0.2 s) after it gains a chunk, else every
-  ``--announce-interval`` s; the reply's neighbours (with their haves as the tracker
-  knows them) become the peer's sources;
+* announces: a peer announces ``--min-gap`` after it gains a chunk, else every
+  ``--announce-interval`` s (the peer's defaults); the reply's neighbours (with their
+  haves as the tracker knows them) become the peer's sources;
+
+Every knob defaults to the product's own default (``PeerConfig``, ``TrackerConfig``,
+``DEFAULT_CHUNK_SIZE``), so a run without flags simulates p2pdist as shipped.
 * a source with ``--upload-slots`` uploads running answers ``busy``; one not holding the
   chunk answers ``missing``; back-to-source is off unless ``--back-to-source``.
 
@@ -29,6 +35,7 @@ Reports per run t_first/t_median/t_last against the Kumar-Ross T_min, like bench
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import random
 import statistics
@@ -57,8 +64,43 @@ def parse_rate(text: str) -> float:
     return float(t)
 
 
+def maxmin_rates(transfers: dict, up: dict, down: dict) -> dict:
+    """Max-min fair rates of ``transfers`` ({(dst, index): [src, remaining]}) under each
+    host's upload and download cap, by progressive filling: the link with the smallest
+    fair share fixes its flows at that share, which leaves every other link's share the
+    same or larger, so a lazy heap of shares gives the order in O(F log L)."""
+    flows: dict[tuple[str, str], list] = {}
+    for key, tr in transfers.items():
+        flows.setdefault(("u", tr[0]), []).append(key)
+        flows.setdefault(("d", key[0]), []).append(key)
+    cap = {link: (up[link[1]] if link[0] == "u" else down[link[1]]) for link in flows}
+    left = {link: len(fs) for link, fs in flows.items()}
+    heap = [(cap[link] / left[link], link) for link in flows]
+    heapq.heapify(heap)
+    rate: dict = {}
+    while heap:
+        share, link = heapq.heappop(heap)
+        if not left[link]:
+            continue
+        current = max(0.0, cap[link]) / left[link]
+        if current > share + 1e-9:
+            heapq.heappush(heap, (current, link))
+            continue
+        for f in flows[link]:
+            if f in rate:
+                continue
+            rate[f] = current
+            src = transfers[f][0]
+            for other in (("u", src), ("d", f[0])):
+                cap[other] -= current
+                left[other] -= 1
+    return rate
+
+
 def simulate(args: argparse.Namespace, seed: int) -> dict:
+    from p2pdist.core.errors import ChunkPassedOn
     from p2pdist.engine.download import Done, DownloadState, Expired, Fetch, FetchOrigin, Source
+    from p2pdist.engine.firstcopy import FirstCopies
     from p2pdist.engine.neighbours import NeighbourPolicy, TaskPeers, choose_neighbours
 
     rng = random.Random(seed)
@@ -85,6 +127,7 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                                chunk_timeout=args.chunk_timeout, origin_fallback=args.back_to_source,
                                source_wait=args.chunk_timeout, rng=random.Random(rng.random()))
               for p in names}
+    first_copies = FirstCopies(args.seed_grace if args.topology == "swarm" else 0.0)
     held: dict[str, set[int]] = {p: set() for p in names}
     finish: dict[str, float] = {}
     next_announce = {p: rng.uniform(0, 0.05) for p in names}
@@ -106,6 +149,11 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
             if isinstance(a, Fetch):
                 src = a.peer_id
                 src_has = (a.index < published) if src == "seed" else (a.index in held[src])
+                if src == "seed" and src_has:
+                    try:
+                        first_copies.admit(str(a.index), p, now)
+                    except ChunkPassedOn:
+                        src_has = False
                 if not src_has:
                     queue += st.chunk_failed(a.index, src, "missing", now)
                 elif uploads[src] >= slots[src]:
@@ -130,23 +178,6 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
             elif isinstance(a, Done):
                 finish.setdefault(p, now)
 
-    rank = {p: i for i, p in enumerate(names)}
-    published_at: dict[int, float] = {}
-
-    def seed_view(p: str, have: set[int], now: float) -> set[int]:
-        """--seed-partition (a what-if, not the product): the tracker shows each peer only
-        its share of the seed's chunks (index mod N == its rank), plus any chunk no peer
-        has held for --partition-grace seconds after it was published, so each fresh
-        chunk leaves the seed about once and the peers pass it on."""
-        if not args.seed_partition:
-            return have
-        out = set()
-        for k in have:
-            if k % n == rank[p]:
-                out.add(k)
-            elif now - published_at.get(k, now) > args.partition_grace and not any(k in held[q] for q in names):
-                out.add(k)
-        return out
 
     t_end_limit = args.max_time
     while len(finish) < n and t < t_end_limit:
@@ -158,19 +189,20 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
         if arrived > published:
             seed_entry.have.update(range(published, arrived))
             for k in range(published, arrived):
-                published_at[k] = t
+                first_copies.publish(str(k))
             published = arrived
             if published == total:
                 seed_entry.complete = True
+                first_copies.retire(str(k) for k in range(total))
             for p in names:
                 if p not in finish:
                     handle(p, states[p].map_grew(published, total if published == total else None, t), t)
         # 2. move bytes
         done_list = []
+        rates = maxmin_rates(transfers, up, down)
         for key, tr in transfers.items():
-            dst = key[0]
             src = tr[0]
-            rate = min(up[src] / max(1, uploads[src]), down[dst] / max(1, downloads[dst]))
+            rate = rates[key]
             tr[1] -= rate * dt
             if src == "seed":
                 seed_sent += rate * dt
@@ -191,7 +223,7 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 tracker.upsert(p, p, "", set(held[p]), len(held[p]) == total, t)
                 chosen = choose_neighbours(tracker, p, policy, rng, t)
                 parents = set(tracker.parent_of.get(p, ())) if policy.name == "tree" else None
-                srcs = [Source(e.peer_id, e.peer_id, frozenset(seed_view(p, e.have, t) if e.seed else e.have),
+                srcs = [Source(e.peer_id, e.peer_id, frozenset(e.have),
                                fallback=parents is not None and e.peer_id not in parents)
                         for e in chosen if e.peer_id != p]
                 if p not in finish:
@@ -219,10 +251,20 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
 
 
 def main() -> int:
+    sys.path.insert(0, str(ROOT))
+    src = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--src=")), None)
+    if "--src" in sys.argv[:-1]:
+        src = sys.argv[sys.argv.index("--src") + 1]
+    if src:
+        sys.path.insert(0, str(Path(src).resolve()))
+    from p2pdist.core.chunkmap import DEFAULT_CHUNK_SIZE
+    from p2pdist.core.config import PeerConfig, TrackerConfig
+    from p2pdist.peer.service import MIN_ANNOUNCE_GAP
+    peer, tracker = PeerConfig(), TrackerConfig()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hosts", type=int, default=16)
     ap.add_argument("--size", type=parse_size, default=256 * MiB)
-    ap.add_argument("--chunk", type=parse_size, default=4 * MiB)
+    ap.add_argument("--chunk", type=parse_size, default=DEFAULT_CHUNK_SIZE)
     ap.add_argument("--rate", type=parse_rate, default=100e6)
     ap.add_argument("--seed-rate", type=parse_rate)
     ap.add_argument("--origin-rate", type=parse_rate)
@@ -230,18 +272,17 @@ def main() -> int:
     ap.add_argument("--slow-rate", type=parse_rate, default=20e6)
     ap.add_argument("--topology", choices=["swarm", "tree"], default="swarm")
     ap.add_argument("--tree-policy", default="sequential")
-    ap.add_argument("--swarm-size", type=int, default=8)
-    ap.add_argument("--fanout", type=int, default=4)
-    ap.add_argument("--max-in-flight", type=int, default=16)
-    ap.add_argument("--per-source-in-flight", type=int, default=1)
-    ap.add_argument("--upload-slots", type=int, default=8)
-    ap.add_argument("--seed-upload-slots", type=int, default=2)
-    ap.add_argument("--chunk-timeout", type=float, default=30.0)
-    ap.add_argument("--back-to-source", action="store_true")
-    ap.add_argument("--seed-partition", action="store_true", help="what-if: see seed_view()")
-    ap.add_argument("--partition-grace", type=float, default=2.0)
-    ap.add_argument("--announce-interval", type=float, default=1.0)
-    ap.add_argument("--min-gap", type=float, default=0.2)
+    ap.add_argument("--swarm-size", type=int, default=tracker.swarm_size)
+    ap.add_argument("--fanout", type=int, default=tracker.fanout)
+    ap.add_argument("--max-in-flight", type=int, default=peer.max_in_flight)
+    ap.add_argument("--per-source-in-flight", type=int, default=peer.per_source_in_flight)
+    ap.add_argument("--upload-slots", type=int, default=peer.upload_slots)
+    ap.add_argument("--seed-upload-slots", type=int, default=tracker.upload_slots)
+    ap.add_argument("--seed-grace", type=float, default=tracker.seed_grace)
+    ap.add_argument("--chunk-timeout", type=float, default=peer.chunk_timeout)
+    ap.add_argument("--back-to-source", action=argparse.BooleanOptionalAction, default=peer.back_to_source)
+    ap.add_argument("--announce-interval", type=float, default=peer.announce_interval)
+    ap.add_argument("--min-gap", type=float, default=MIN_ANNOUNCE_GAP)
     ap.add_argument("--dt", type=float, default=0.02)
     ap.add_argument("--max-time", type=float, default=3600)
     ap.add_argument("--seeds", type=int, default=3, help="runs with different random seeds")
@@ -250,7 +291,6 @@ def main() -> int:
     args = ap.parse_args()
     args.seed_rate = args.seed_rate or args.rate
     args.origin_rate = args.origin_rate or args.seed_rate
-    sys.path.insert(0, str(Path(args.src).resolve()) if args.src else str(ROOT))
     runs = []
     for s in range(args.seeds):
         t0 = time.monotonic()

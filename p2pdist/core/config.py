@@ -66,16 +66,18 @@ class PeerConfig:
     capacity: int | None = field(default=None, metadata={"size": True})
     peer_id: str | None = None
     zone: str = ""
-    upload_slots: int = 8  # concurrent chunk uploads; past it a peer answers 503
-    max_in_flight: int = 8  # concurrent chunk fetches per download
-    per_source_in_flight: int = 4  # per source while many can serve; with few, each takes a share of max_in_flight
+    # Few transfers at a time, each fast: a chunk a peer just received is passed on
+    # sooner (bench/sim.py and bench/lab.py; RESULTS.md "What moved the numbers").
+    upload_slots: int = 4  # concurrent chunk uploads; past it a peer answers 503
+    max_in_flight: int = 4  # concurrent chunk fetches per download
+    per_source_in_flight: int = 1  # per source while many can serve; with few, each takes a share of max_in_flight
     chunk_timeout: float = 10.0  # per-chunk deadline before asking elsewhere
     peer_attempts: int = 2  # tries from peers before a chunk goes back to source
     fallback_wait: float = 2.0  # tree: how long a chunk waits for its parents before the seed is asked
     back_to_source: bool = True
     chunk_policy: str = field(default="rarest", metadata=_choice(*CHUNK_POLICIES))
     wire_compression: str = field(default="auto", metadata=_choice("auto", "off"))
-    announce_interval: float = 1.0  # while downloading
+    announce_interval: float = 0.25  # while downloading: how fast peers learn of each other's new chunks
     heartbeat_interval: float = 30.0  # how often the peer reports itself to the tracker
     cluster_secret: str | None = field(default=None, repr=False)  # sent to trackers and peers, required from them
     upload_rate: int | None = field(default=None, metadata={"size": True})  # bytes/s served to peers; None: uncapped

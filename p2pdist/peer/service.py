@@ -56,7 +56,7 @@ from p2pdist.wire.tracker import (
 
 log = logging.getLogger("p2pdist.peer")
 
-MIN_ANNOUNCE_GAP = 0.2
+MIN_ANNOUNCE_GAP = 0.1
 _NODE = re.compile(r"[A-Za-z0-9.\-\[\]:]{1,300}")
 
 
