@@ -223,7 +223,8 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 tracker.upsert(p, p, "", set(held[p]), len(held[p]) == total, t)
                 chosen = choose_neighbours(tracker, p, policy, rng, t)
                 parents = set(tracker.parent_of.get(p, ())) if policy.name == "tree" else None
-                srcs = [Source(e.peer_id, e.peer_id, frozenset(e.have),
+                # as the peer does (Download.on_neighbours): a seed holds every listed chunk
+                srcs = [Source(e.peer_id, e.peer_id, None if e.seed else frozenset(e.have), seed=e.seed,
                                fallback=parents is not None and e.peer_id not in parents)
                         for e in chosen if e.peer_id != p]
                 if p not in finish:

@@ -30,6 +30,22 @@ def test_a_fresh_chunk_goes_to_one_host_until_the_grace_runs_out() -> None:
         fc.admit("c0", "10.0.0.1", 10.0)
 
 
+def test_first_copies_are_spread_over_the_hosts_asking() -> None:
+    fc = FirstCopies(grace=5.0, window=1.0)
+    for c in ("c0", "c1", "c2", "c3"):
+        fc.publish(c)
+    fc.admit("c0", "fast", 0.0)
+    fc.admit("c1", "fast", 0.1)  # alone: a single peer's pull is never held back
+    with pytest.raises(ChunkPassedOn):
+        fc.admit("c1", "slow", 0.2)  # (c1 went to "fast" 0.1 s ago)
+    with pytest.raises(ChunkPassedOn, match="fewer"):
+        fc.admit("c2", "fast", 0.3)  # "slow" asked too and has none: c2 is kept for it
+    fc.admit("c2", "slow", 0.4)
+    with pytest.raises(ChunkPassedOn, match="fewer"):
+        fc.admit("c3", "fast", 0.5)
+    fc.admit("c3", "fast", 1.5)  # "slow" has not asked for a second: no longer waited for
+
+
 def test_unpublished_and_retired_chunks_are_served_freely() -> None:
     fc = FirstCopies(grace=5.0)
     fc.admit("cached", "a", 0.0)

@@ -25,8 +25,8 @@ Invariants (checked by the property test in ``tests/test_engine_download.py``):
    asked again in this download, even if the tracker lists it again.
 4. Capacity: at most ``max_in_flight`` fetches in flight, of which at most
    ``origin_in_flight`` from the origin and, per peer, ``per_source_in_flight`` — or,
-   when fewer peers than that would fill ``max_in_flight`` could serve a pending chunk,
-   an equal share of ``max_in_flight`` among those that can (:meth:`source_cap`).
+   when there are too few primary sources for that to fill ``max_in_flight``, an equal
+   share of ``max_in_flight`` among them (:meth:`source_cap`).
 5. Liveness: if every fetch eventually succeeds and the driver calls :meth:`tick` at
    :meth:`next_deadline`, the download ends with :class:`Done` (with ``origin_fallback``;
    without it, only if the peers between them hold every chunk).
@@ -52,10 +52,11 @@ Where a chunk goes (the rule, in order):
   contains it) and not marked ``missing`` for it. Among those: one not yet tried for
   this chunk, then a primary over a fallback, then the least loaded, then random.
   Spreading fetches over many sources (``per_source_in_flight`` 1) keeps each transfer
-  fast, so a chunk a peer just received is passed on sooner; with few sources that
-  could serve anything (one seed, one ``--node``), each takes a share of
-  ``max_in_flight`` instead, so the link stays full while chunks are checked and
-  written.
+  fast, so a chunk a peer just received is passed on sooner, and keeps one peer from
+  taking every fresh chunk the seed has; with few sources (a lone seed, one
+  ``--node``), each takes a share of ``max_in_flight`` instead, so the link stays full
+  while chunks are checked and written. Sources that hold nothing yet count: they will
+  soon, and a swarm's seed must not be taken by the first peer to ask.
 - a **fallback** source (``Source.fallback``: a tree child's seed while its parent
   lags) is eligible for a chunk only once the primaries failed it, or none of them could
   serve it for ``fallback_wait`` seconds; it never counts in availability.
@@ -561,20 +562,17 @@ class DownloadState:
             actions.append(FetchOrigin(i))
         return actions
 
-    def source_cap(self, useful: int) -> int:
-        """Fetches one source may have in flight when ``useful`` sources could serve a
-        pending chunk: ``per_source_in_flight``, or an equal share of ``max_in_flight``
-        when there are too few sources to fill it."""
-        return max(self.per_source_in_flight, -(-self.max_in_flight // max(1, useful)))
+    def source_cap(self, sources: int) -> int:
+        """Fetches one source may have in flight among ``sources`` primary sources:
+        ``per_source_in_flight``, or an equal share of ``max_in_flight`` when there are
+        too few sources to fill it."""
+        return max(self.per_source_in_flight, -(-self.max_in_flight // max(1, sources)))
 
     def _schedule_peers(self, now: float, ready: list[Source]) -> list[Action]:
         actions: list[Action] = []
         exhausted = self._exhausted() if self.origin_fallback else set()
         allowed = self._fallback_allowed(now) if any(s.fallback for s in ready) else set()
-        cap = self.source_cap(sum(
-            1 for s in ready
-            if (self._could_serve(s, self._pending) & allowed if s.fallback
-                else self._could_serve(s, self._pending)) - exhausted))
+        cap = self.source_cap(sum(1 for s in ready if not s.fallback))
         while self._pending and len(self._in_flight) < self.max_in_flight:
             spare = [s for s in ready if self._load.get(s.peer_id, 0) < cap]
             candidates: set[int] = set()
