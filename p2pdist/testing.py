@@ -113,6 +113,7 @@ class Cluster:
 
     @property
     def tracker_url(self) -> str:
+        """Plain HTTP: a tracker with TLS speaks both on its port."""
         return f"http://{self.tracker.advertise}"
 
     def kill_peer(self, i: int) -> None:
@@ -144,9 +145,11 @@ async def start_cluster(nursery: trio.Nursery, root: Path, *, peers: int = 6, to
     tscope = trio.CancelScope()
     tracker = await nursery.start(_scoped, tscope, tracker_service.serve, tcfg)
     plist, scopes = [], []
+    # peers with mTLS reach a tracker with it over TLS
+    scheme = "https" if tracker.tls is not None and (peer_overrides or {}).get("tls_ca") else "http"
     for i in range(peers):
         pcfg = PeerConfig(listen="127.0.0.1:0", data_dir=str(root / f"peer{i}"),
-                          trackers=(f"http://{tracker.advertise}",), peer_id=f"peer{i}",
+                          trackers=(f"{scheme}://{tracker.advertise}",), peer_id=f"peer{i}",
                           **(peer_overrides or {}))
         p, s = await start_peer(nursery, pcfg)
         plist.append(p)

@@ -9,7 +9,7 @@ import trio
 from p2pdist.core.config import PeerConfig
 from p2pdist.core.errors import Unauthorized
 from p2pdist.core.task import TaskSpec
-from p2pdist.net.auth import TOKEN_HEADER, require_token
+from p2pdist.net.auth import TOKEN_HEADER, ComponentAuth
 from p2pdist.net.http import Request, Response
 from p2pdist.testing import StaticOrigin, make_blob, sha256_digest, start_cluster, start_peer
 
@@ -87,7 +87,7 @@ async def test_local_api_guard_lets_loopback_through(client, token, allowed):
     async def ok(request: Request) -> Response:
         return Response.json({"ok": True})
 
-    guarded = require_token(SECRET, ok, allow_loopback=True)
+    guarded = ComponentAuth(SECRET).guard(ok, allow_loopback=True)
     headers = [(TOKEN_HEADER, token)] if token else []
     request = Request("GET", "/api/v1/status", headers, client, body=b"")
     if allowed:

@@ -30,6 +30,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from _certs import TestCA
 
 from p2pdist.cli.main import build_parser
 from p2pdist.core.config import PeerConfig, TrackerConfig, load_config
@@ -85,6 +86,7 @@ WORKLOADS = [o for o in OBJECTS if o["kind"] in ("Deployment", "DaemonSet")]
 PEER = find("DaemonSet", "p2pdist-peer")
 TRACKER = find("Deployment", "p2pdist-tracker")
 CONFIGMAP = find("ConfigMap", "p2pdist-config")
+TLS_SECRET = "p2pdist-component-tls"
 
 
 # --- schemas ---------------------------------------------------------------------------
@@ -424,7 +426,7 @@ def test_references_resolve():
 
 def test_secrets_are_marked_placeholders():
     secrets = [o for o in OBJECTS if o["kind"] == "Secret"]
-    assert {s["type"] for s in secrets} == {"kubernetes.io/dockerconfigjson", "Opaque"}
+    assert {s["type"] for s in secrets} == {"kubernetes.io/dockerconfigjson", "Opaque", "kubernetes.io/tls"}
     for s in secrets:
         assert s["metadata"]["annotations"]["p2pdist.io/placeholder"].startswith("true")
         assert "data" not in s
@@ -440,9 +442,30 @@ def test_secrets_are_marked_placeholders():
 
 # --- the ConfigMap's p2pdist.toml ----------------------------------------------------------
 
+def _tls_mount(w: dict[str, Any]) -> str:
+    """Where workload ``w``'s main container mounts the component TLS Secret."""
+    names = [n for n, v in _volumes(w).items() if v.get("secret", {}).get("secretName") == TLS_SECRET]
+    assert len(names) == 1, f"{w['metadata']['name']} does not mount {TLS_SECRET}"
+    mounts = [m["mountPath"] for m in pod_spec(w)["containers"][0].get("volumeMounts", []) if m["name"] == names[0]]
+    assert len(mounts) == 1
+    return mounts[0]
+
+
 def _configmap_file(tmp: Path) -> str:
+    """The ConfigMap's p2pdist.toml as the pods read it, with the component TLS Secret
+    mounted where they mount it (a test CA's files stand in for the placeholders)."""
+    mount = _tls_mount(PEER)
+    assert _tls_mount(TRACKER) == mount
+    files = TestCA(tmp / "pki").issue("component")
+    tls_dir = tmp / "tls"
+    tls_dir.mkdir()
+    for key, src in (("tls.crt", files.cert), ("tls.key", files.key), ("ca.crt", files.ca)):
+        (tls_dir / key).write_bytes(src.read_bytes())
+    assert set(find("Secret", TLS_SECRET)["stringData"]) == {"tls.crt", "tls.key", "ca.crt"}
+    text = CONFIGMAP["data"]["p2pdist.toml"]
+    assert f'"{mount}/' in text
     path = tmp / "p2pdist-configmap.toml"
-    path.write_text(CONFIGMAP["data"]["p2pdist.toml"])
+    path.write_text(text.replace(f'"{mount}/', f'"{tls_dir}/'))
     return str(path)
 
 
@@ -465,11 +488,12 @@ def _pod_env(c: dict[str, Any]) -> dict[str, str]:
 def test_configmap_config_loads_for_both_roles(tmp_path):
     path = _configmap_file(tmp_path)
     svc = find("Service", "p2pdist-tracker")
-    headless = f"http://{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local:7400"
+    headless = f"https://{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local:7400"
 
     tracker = load_config(TrackerConfig, path=path, env=_pod_env(container(TRACKER, "tracker")))
     assert tracker.listen.endswith(":7400")
     assert tracker.advertise == "192.0.2.10:7400"
+    assert tracker.cluster_tls() is not None  # mTLS on, from the mounted Secret
 
     peer = load_config(PeerConfig, path=path, env=_pod_env(container(PEER, "peer")))
     assert peer.trackers == (headless,)
@@ -477,6 +501,7 @@ def test_configmap_config_loads_for_both_roles(tmp_path):
     assert peer.advertise == "192.0.2.10:7401"
     assert peer.peer_id == "node-1.example"
     assert peer.capacity == 20 * 1024**3
+    assert peer.cluster_tls() is not None
 
 
 def test_standalone_example_config_loads_for_both_roles():

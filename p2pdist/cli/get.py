@@ -27,6 +27,8 @@ from p2pdist.net.auth import token_headers
 from p2pdist.peer.localapi import (
     DEFAULT_DAEMON,
     cluster_secret,
+    cluster_tls,
+    component_verify,
     daemon_alive,
     embedded_peer_config,
     task_error,
@@ -101,7 +103,8 @@ def via_daemon(daemon: str, spec: TaskSpec, nodes: list[str], out: Path, show: b
     sha = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as fh, httpx.Client(
-                timeout=httpx.Timeout(10.0, read=None), headers=token_headers(cluster_secret())) as client:
+                timeout=httpx.Timeout(10.0, read=None), headers=token_headers(cluster_secret()),
+                verify=component_verify(cluster_tls())) as client:
             try:
                 with client.stream("POST", f"{base}/api/v1/fetch", json=body) as r:
                     if r.status_code >= 400:

@@ -18,7 +18,7 @@ from p2pdist.cli.get import progress_bar
 from p2pdist.cli.images import image_target
 from p2pdist.core.errors import TaskFailed
 from p2pdist.net.auth import token_headers
-from p2pdist.peer.localapi import cluster_secret
+from p2pdist.peer.localapi import cluster_secret, cluster_tls, component_verify
 from p2pdist.shim.preheat import PeerProgress, choose_peers, preheat, tracker_peers
 from p2pdist.shim.resolve import blob_specs, resolve_image
 
@@ -44,6 +44,7 @@ def run_preheat(args: argparse.Namespace) -> int:
     ref, plat, url, creds = image_target(args)
     show = not args.no_progress and sys.stderr.isatty()
     trackers = args.tracker or [DEFAULT_TRACKER]
+    tls = cluster_tls()  # with mTLS, peers' local APIs are called over TLS with our certificate
 
     async def main() -> list[PeerProgress]:
         registry = RegistryClient(url)
@@ -52,8 +53,8 @@ def run_preheat(args: argparse.Namespace) -> int:
             specs = await blob_specs(registry, image, creds)
         finally:
             await registry.aclose()
-        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0),
-                                     headers=token_headers(cluster_secret())) as client:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0), headers=token_headers(cluster_secret()),
+                                     verify=component_verify(tls)) as client:
             peers = choose_peers(await tracker_peers(trackers, client), count=args.count, zone=args.zone,
                                  rng=random.Random())
             print(f"preheating {ref} ({len(specs)} blobs, {sum(b.size for b in image.blobs)} bytes)"
@@ -61,7 +62,8 @@ def run_preheat(args: argparse.Namespace) -> int:
             bars = _Bars(show)
             try:
                 return await preheat(specs, peers, client=client, timeout=args.timeout,
-                                     on_progress=bars.update if show else None)
+                                     on_progress=bars.update if show else None,
+                                     peer_scheme="https" if tls is not None else "http")
             finally:
                 bars.close()
 

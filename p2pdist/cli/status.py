@@ -9,6 +9,7 @@ import httpx
 
 from p2pdist.core.errors import Unavailable
 from p2pdist.core.sizes import format_size
+from p2pdist.peer.localapi import cluster_tls, component_verify
 from p2pdist.peer.trackerclient import raise_for_error
 
 
@@ -43,7 +44,8 @@ def format_status(st: dict) -> str:  # type: ignore[type-arg]
 def run_status(args: argparse.Namespace) -> int:
     url = args.tracker.rstrip("/")
     try:
-        r = httpx.get(f"{url}/api/v1/status", timeout=5.0)
+        # an https:// tracker of a cluster with mTLS is verified against its CA ($P2PDIST_TLS_*)
+        r = httpx.get(f"{url}/api/v1/status", timeout=5.0, verify=component_verify(cluster_tls()))
     except httpx.HTTPError as exc:
         raise Unavailable(f"tracker {url} unreachable: {exc}") from exc
     raise_for_error(r, f"tracker {url}")

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from p2pdist.core.errors import ConfigError
 from p2pdist.core.sizes import parse_size
+from p2pdist.core.tls import ClusterTls, load_cluster_tls
 
 TOPOLOGIES = ("tree", "swarm")
 CHUNK_POLICIES = ("rarest", "sequential")
@@ -43,6 +44,11 @@ class TrackerConfig:
     seed_grace: float = 5.0  # swarm, while a blob streams in: a chunk the seed sent goes to no other peer for this long
     stale_after: float = 90.0  # a peer whose last heartbeat is older is shown as stale
     cluster_secret: str | None = field(default=None, repr=False)  # shared by trackers and peers; None: no component auth
+    # mTLS, the other way components authenticate (core/tls.py): PEM paths of this
+    # component's certificate and key and of the cluster CA; all three or none
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
     origin_concurrency: int = 4  # back-to-source budget: concurrent origin fetches per origin host
     log_level: str = field(default="info", metadata=_choice("debug", "info", "warning", "error"))
     log_format: str = field(default="text", metadata=_choice("text", "json"))
@@ -55,6 +61,11 @@ class TrackerConfig:
         _hostport(self, "listen")
         if self.advertise is not None:
             _hostport(self, "advertise")
+        self.cluster_tls()
+
+    def cluster_tls(self) -> ClusterTls | None:
+        """The mTLS contexts of ``tls_*`` (None without them); ConfigError naming the key."""
+        return load_cluster_tls(self.tls_cert, self.tls_key, self.tls_ca)
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,9 @@ class PeerConfig:
     announce_interval: float = 0.25  # while downloading: how fast peers learn of each other's new chunks
     heartbeat_interval: float = 30.0  # how often the peer reports itself to the tracker
     cluster_secret: str | None = field(default=None, repr=False)  # sent to trackers and peers, required from them
+    tls_cert: str | None = None  # mTLS: as the tracker's (core/tls.py); with them the peer speaks TLS to every peer
+    tls_key: str | None = None
+    tls_ca: str | None = None
     upload_rate: int | None = field(default=None, metadata={"size": True})  # bytes/s served to peers; None: uncapped
     download_rate: int | None = field(default=None, metadata={"size": True})  # bytes/s fetched from peers
     upstreams: tuple[str, ...] = ()  # registry mirror: "HOST=URL", e.g. "docker.io=http://127.0.0.1:5101"
@@ -107,11 +121,21 @@ class PeerConfig:
         for t in self.trackers:
             if not t.startswith(("http://", "https://")):
                 raise ConfigError(f"config key 'trackers': {t!r} is not an http(s) URL")
+        if self.cluster_tls() is not None and not self.cluster_secret:
+            plain = [t for t in self.trackers if t.startswith("http://")]
+            if plain:
+                # such a call could carry neither the certificate nor the secret: refused
+                raise ConfigError(f"config key 'trackers': {plain[0]!r} is plain HTTP, but with tls_* and no "
+                                  f"cluster_secret the trackers must be reached over https://")
         # the tracker refuses announces whose peer_id or zone break these patterns (wire.tracker)
         if self.peer_id is not None and not re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", self.peer_id):
             raise ConfigError(f"config key 'peer_id': {self.peer_id[:80]!r} must be 1-128 of A-Za-z0-9._:-")
         if not re.fullmatch(r"[A-Za-z0-9._/-]{0,128}", self.zone):
             raise ConfigError(f"config key 'zone': {self.zone[:80]!r} must be at most 128 of A-Za-z0-9._/-")
+
+    def cluster_tls(self) -> ClusterTls | None:
+        """The mTLS contexts of ``tls_*`` (None without them); ConfigError naming the key."""
+        return load_cluster_tls(self.tls_cert, self.tls_key, self.tls_ca)
 
 
 def _positive(cfg: Any, *keys: str) -> None:

@@ -2,7 +2,9 @@
 sockets, the body read with ``recv_into`` straight into a caller's reused buffer.
 
 httpx tops out near 0.45 GB/s here because it copies every 64 KiB piece; this path does
-no per-piece allocation (``shared/notes/perf-facts.md``). Only our own chunk servers are
+no per-piece allocation (``shared/notes/perf-facts.md``). With a TLS context (the cluster
+uses mTLS) every peer is dialled over TLS and the body is decrypted piece by piece into
+the buffer instead: ``recv_into`` would read ciphertext. Only our own chunk servers are
 spoken to, so the response parser handles exactly what they send: a status line,
 headers, and a ``Content-Length`` body.
 
@@ -14,6 +16,7 @@ A fetch cancelled midway (a deadline) discards its connection, never reuses it.
 from __future__ import annotations
 
 import json
+import ssl
 from collections import defaultdict
 
 import trio
@@ -21,6 +24,7 @@ import trio
 from p2pdist.core.errors import Busy, ChunkUnknown, P2PError, Unavailable, error_from_code
 from p2pdist.net.http import parse_response_head
 from p2pdist.net.throttle import TokenBucket
+from p2pdist.net.tls import open_tls_stream
 
 MAX_HEAD = 16 * 1024
 MAX_ERROR_BODY = 64 * 1024
@@ -29,31 +33,37 @@ MAX_ERROR_BODY = 64 * 1024
 class _Conn:
     __slots__ = ("stream", "sock", "pending")
 
-    def __init__(self, stream: trio.SocketStream):
+    def __init__(self, stream: trio.abc.Stream, sock: trio.socket.SocketType | None):
         self.stream = stream
-        self.sock = stream.socket
+        self.sock = sock  # for recv_into; None over TLS
         self.pending = bytearray()  # bytes received past the end of a response head
 
 
 class ChunkClient:
     def __init__(self, *, headers: dict[str, str] | None = None, connect_timeout: float = 5.0,
-                 max_idle_per_host: int = 8, throttle: TokenBucket | None = None):
+                 max_idle_per_host: int = 8, throttle: TokenBucket | None = None,
+                 tls: ssl.SSLContext | None = None):
         self._idle: dict[str, list[_Conn]] = defaultdict(list)
         self._extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle_per_host
         self.bytes_received = 0
         self.throttle = throttle  # a download cap, shared by every fetch of this client
+        self._tls = tls  # a client context: present our certificate, verify the peer's
 
     async def _connect(self, addr: str) -> _Conn:
         host, _, port = addr.rpartition(":")
         host = host.strip("[]")
         try:
             with trio.fail_after(self._connect_timeout):
+                if self._tls is not None:
+                    return _Conn(await open_tls_stream(host, int(port), self._tls), None)
                 stream = await trio.open_tcp_stream(host, int(port))
         except (OSError, trio.TooSlowError, ValueError) as exc:
             raise Unavailable(f"cannot connect to peer {addr}: {exc}") from exc
-        return _Conn(stream)
+        except trio.BrokenResourceError as exc:
+            raise Unavailable(f"TLS handshake with peer {addr} failed: {exc.__cause__ or exc}") from exc
+        return _Conn(stream, stream.socket)
 
     async def fetch(self, addr: str, name: str, buf: bytearray | memoryview, *,
                     accept_zstd: bool = False) -> tuple[int, str | None]:
@@ -72,7 +82,7 @@ class ChunkClient:
                 if not reused:
                     raise Unavailable(f"peer {addr} broke the connection: {exc}") from exc
                 # a kept-alive connection may have been closed by the server meanwhile: retry once fresh
-                await conn.stream.aclose()
+                await trio.aclose_forcefully(conn.stream)
                 conn = await self._connect(addr)
                 try:
                     result = await self._exchange(conn, addr, name, buf, accept_zstd)
@@ -84,8 +94,8 @@ class ChunkClient:
             if ok and len(self._idle[addr]) < self._max_idle:
                 self._idle[addr].append(conn)
             else:
-                with trio.CancelScope(shield=True):
-                    await conn.stream.aclose()
+                # forcefully: a TLS close_notify could wait on a peer that stopped reading
+                await trio.aclose_forcefully(conn.stream)
 
     async def _exchange(self, conn: _Conn, addr: str, name: str, buf: bytearray | memoryview,
                         accept_zstd: bool) -> tuple[int, str | None, bool]:
@@ -152,7 +162,12 @@ class ChunkClient:
             del conn.pending[:take]
             got = take
         while got < length:
-            n = await conn.sock.recv_into(view[got:length], length - got)
+            if conn.sock is not None:
+                n = await conn.sock.recv_into(view[got:length], length - got)
+            else:
+                data = await conn.stream.receive_some(length - got)
+                n = len(data)
+                view[got:got + n] = data
             if n == 0:
                 raise _ShortRead(f"connection closed after {got} of {length} bytes")
             got += n
@@ -162,7 +177,7 @@ class ChunkClient:
     async def aclose(self) -> None:
         for conns in self._idle.values():
             for c in conns:
-                await c.stream.aclose()
+                await trio.aclose_forcefully(c.stream)
         self._idle.clear()
 
 

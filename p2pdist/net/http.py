@@ -13,6 +13,11 @@ Contracts:
   blocks are capped at 16 KiB.
 - A streamed body that fails midway cuts the connection: a client never sees a short body
   as a complete one.
+- With a TLS server context (``serve_http(tls=…)``) one port speaks both: a connection
+  whose first byte opens a TLS handshake is served over TLS (``Request.client_cert`` names
+  a verified client certificate), anything else as plain HTTP, as dockerd, containerd and
+  Prometheus speak to the mirror and the probes. File bodies then go out in pieces through
+  the TLS stream instead of ``os.sendfile``, still paced by their throttle.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -40,20 +46,25 @@ from p2pdist.core.errors import (
     TooLarge,
 )
 from p2pdist.net.throttle import TokenBucket
+from p2pdist.net.tls import TLS_HANDSHAKE, PrefixedStream, client_certificate
 
 log = logging.getLogger("p2pdist.http")
 
 MAX_HEADER_BYTES = 16 * 1024
 IDLE_TIMEOUT = 120.0
 RECV_SIZE = 256 * 1024
+HANDSHAKE_TIMEOUT = 10.0
+TLS_FILE_PIECE = 1024 * 1024  # a file body's read size over TLS (256 KiB when throttled)
 
 
 class Request:
-    """One parsed request. ``headers`` keeps every header line (names lower-cased)."""
+    """One parsed request. ``headers`` keeps every header line (names lower-cased).
+    ``client_cert``: the subject of the client certificate the connection presented,
+    verified against the cluster CA; None over plain HTTP or TLS without one."""
 
     def __init__(self, method: str, target: str, headers: list[tuple[str, str]],
                  client: tuple[str, int] | None, conn: _ServerConn | None = None,
-                 body: bytes | None = None):
+                 body: bytes | None = None, *, client_cert: str | None = None):
         self.method = method
         self.target = target
         split = urlsplit(target)
@@ -62,6 +73,7 @@ class Request:
         self.query: dict[str, list[str]] = parse_qs(split.query, keep_blank_values=True)
         self.headers = headers
         self.client = client
+        self.client_cert = client_cert
         self.params: dict[str, str] = {}
         self._conn = conn
         self._body = body
@@ -201,16 +213,28 @@ class _Placeholder:
         return self.n
 
 
+def _peer_of(sock: trio.socket.SocketType) -> tuple[str, int] | None:
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return None
+    return peer[0], peer[1]
+
+
 class _ServerConn:
-    def __init__(self, stream: trio.SocketStream, handler: Handler):
+    """One connection's request loop. ``sock``: the raw socket for ``os.sendfile``, None
+    when ``stream`` is not the socket itself (TLS); ``initial``: bytes already read off it."""
+
+    def __init__(self, stream: trio.abc.Stream, handler: Handler, *, sock: trio.socket.SocketType | None,
+                 client: tuple[str, int] | None, client_cert: str | None = None, initial: bytes = b""):
         self.stream = stream
         self.handler = handler
+        self.sock = sock
+        self.client = client
+        self.client_cert = client_cert
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-        try:
-            peer = stream.socket.getpeername()
-            self.client: tuple[str, int] | None = (peer[0], peer[1])
-        except OSError:
-            self.client = None
+        if initial:
+            self.conn.receive_data(initial)  # (never b"": h11 reads that as the end of the stream)
 
     async def _next_event(self) -> Any:
         while True:
@@ -263,6 +287,7 @@ class _ServerConn:
                     [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers],
                     self.client,
                     self,
+                    client_cert=self.client_cert,
                 )
                 response = await self._dispatch(request)
                 keep = await self._respond(request, response)
@@ -365,17 +390,19 @@ class _ServerConn:
         return True
 
     async def _send_file_body(self, body: FileBody) -> None:
-        """A file span as (part of) the body: h11 counts it, ``os.sendfile`` moves it."""
+        """A file span as (part of) the body: h11 counts it, ``os.sendfile`` moves it (over
+        TLS: reads and encrypted sends)."""
         if body.count == 0:
             return
         for piece in self.conn.send_with_data_passthrough(h11.Data(data=_Placeholder(body.count))) or []:
-            if isinstance(piece, _Placeholder):
-                await self._sendfile(body)
-            else:
+            if not isinstance(piece, _Placeholder):
                 await self.stream.send_all(piece)
+            elif self.sock is not None:
+                await self._sendfile(self.sock, body)
+            else:
+                await self._send_file_pieces(body)
 
-    async def _sendfile(self, body: FileBody) -> None:
-        sock = self.stream.socket
+    async def _sendfile(self, sock: trio.socket.SocketType, body: FileBody) -> None:
         offset, remaining = body.offset, body.count
         capped = body.throttle is not None and body.throttle.rate is not None
         piece = 256 * 1024 if capped else 8 * 1024 * 1024  # small pieces keep a capped rate smooth
@@ -393,20 +420,71 @@ class _ServerConn:
             if body.throttle is not None:
                 await body.throttle.consume(n)
 
+    async def _send_file_pieces(self, body: FileBody) -> None:
+        """The file span read in pieces (in a thread: a cold page cache blocks) and sent
+        through the stream, which encrypts: ``os.sendfile`` would bypass TLS."""
+        offset, remaining = body.offset, body.count
+        capped = body.throttle is not None and body.throttle.rate is not None
+        piece = 256 * 1024 if capped else TLS_FILE_PIECE
+        while remaining > 0:
+            data = await trio.to_thread.run_sync(os.pread, body.fd, min(remaining, piece), offset)
+            if not data:
+                raise _Close()  # the file shrank under us: cut the connection
+            await self.stream.send_all(data)
+            offset += len(data)
+            remaining -= len(data)
+            if body.throttle is not None:
+                await body.throttle.consume(len(data))
+
 
 class _Close(Exception):
     pass
 
 
-async def serve_http(handler: Handler, host: str, port: int, *,
+async def _serve_sniffed(stream: trio.SocketStream, handler: Handler, tls: ssl.SSLContext) -> None:
+    """One connection on a port that speaks TLS and plain HTTP: its first byte decides."""
+    client = _peer_of(stream.socket)
+    first = b""
+    with trio.move_on_after(IDLE_TIMEOUT):
+        try:
+            first = await stream.receive_some(RECV_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass
+    if not first:
+        await trio.aclose_forcefully(stream)
+        return
+    if first[0] != TLS_HANDSHAKE:
+        await _ServerConn(stream, handler, sock=stream.socket, client=client, initial=first).run()
+        return
+    tls_stream = trio.SSLStream(PrefixedStream(stream, first), tls, server_side=True, https_compatible=True)
+    with trio.move_on_after(HANDSHAKE_TIMEOUT) as scope:
+        try:
+            await tls_stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            # a certificate from another CA, an expired one, a scanner: nothing to answer
+            log.info("TLS handshake from %s failed: %s", client[0] if client else "?", exc.__cause__ or exc)
+            await trio.aclose_forcefully(stream)
+            return
+    if scope.cancelled_caught:
+        await trio.aclose_forcefully(stream)
+        return
+    await _ServerConn(tls_stream, handler, sock=None, client=client,
+                      client_cert=client_certificate(tls_stream)).run()
+
+
+async def serve_http(handler: Handler, host: str, port: int, *, tls: ssl.SSLContext | None = None,
                      task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``handler`` on ``host:port`` (port 0: any free port) until cancelled.
-    ``task_status.started(port)`` reports the bound port."""
+    ``task_status.started(port)`` reports the bound port. With ``tls`` (a server context)
+    a connection opening with a TLS handshake is served over TLS, any other as plain HTTP."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
 
     async def on_connection(stream: trio.SocketStream) -> None:
-        await _ServerConn(stream, handler).run()
+        if tls is None:
+            await _ServerConn(stream, handler, sock=stream.socket, client=_peer_of(stream.socket)).run()
+        else:
+            await _serve_sniffed(stream, handler, tls)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, on_connection, listeners)

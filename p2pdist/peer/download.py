@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -104,6 +105,7 @@ class Env:
     peer_id: str
     rng: random.Random
     clock: Callable[[], float] = time.monotonic
+    tls: ssl.SSLContext | None = None  # mTLS client context: peers are then dialled over TLS
 
 
 class Download:
@@ -309,10 +311,13 @@ class Download:
                                  f"whose bytes hash to sha256:{sha.hexdigest()}")
 
     async def _map_from_nodes(self) -> ChunkMap | None:
-        async with httpx.AsyncClient(timeout=10.0, headers=token_headers(self.env.config.cluster_secret)) as client:
+        tls = self.env.tls
+        scheme = "https" if tls is not None else "http"  # as the chunk client dials the same peers
+        async with httpx.AsyncClient(timeout=10.0, headers=token_headers(self.env.config.cluster_secret),
+                                     verify=tls if tls is not None else True) as client:
             for addr in self.nodes:
                 try:
-                    r = await client.get(f"http://{addr}/maps/{self.task_id}")
+                    r = await client.get(f"{scheme}://{addr}/maps/{self.task_id}")
                 except httpx.HTTPError:
                     continue
                 if r.status_code == 200:

@@ -10,6 +10,7 @@ error when the peer reports one.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import httpx
 from p2pdist.core.config import PeerConfig
 from p2pdist.core.errors import IntegrityError, P2PError, Unavailable, error_from_code
 from p2pdist.core.task import TaskSpec
+from p2pdist.core.tls import ClusterTls, load_cluster_tls
 from p2pdist.net.auth import token_headers
 from p2pdist.peer.trackerclient import raise_for_error
 from p2pdist.wire.tracker import encode_register
@@ -47,12 +49,37 @@ def cluster_secret(env: Mapping[str, str] | None = None) -> str | None:
     return (os.environ if env is None else env).get("P2PDIST_CLUSTER_SECRET") or None
 
 
+TLS_ENV = {"tls_cert": "P2PDIST_TLS_CERT", "tls_key": "P2PDIST_TLS_KEY", "tls_ca": "P2PDIST_TLS_CA"}
+
+
+def _tls_paths(env: Mapping[str, str] | None) -> dict[str, str | None]:
+    e = os.environ if env is None else env
+    return {key: e.get(var) or None for key, var in TLS_ENV.items()}
+
+
+def cluster_tls(env: Mapping[str, str] | None = None) -> ClusterTls | None:
+    """The cluster's mTLS material for a CLI command talking to trackers and peers
+    (``P2PDIST_TLS_CERT``/``_KEY``/``_CA``, as the daemons read them); None without it.
+    :class:`ConfigError` naming the variable when it is incomplete or unusable."""
+    return load_cluster_tls(**{k.removeprefix("tls_"): v for k, v in _tls_paths(env).items()},
+                            names={k: f"${v}" for k, v in TLS_ENV.items()})
+
+
+def component_verify(tls: ClusterTls | None) -> ssl.SSLContext | bool:
+    """httpx's ``verify`` for calls to trackers and peers: with mTLS, the client context
+    (our certificate presented, theirs checked against the cluster CA); else the default."""
+    return tls.client if tls is not None else True
+
+
 def embedded_peer_config(trackers: tuple[str, ...] | list[str], data_dir: str | None) -> PeerConfig:
     """The config of a peer run inside a CLI command for one job."""
     # with a tracker, others may fetch from us while we download: listen where they can reach us
     listen = "0.0.0.0:0" if trackers else "127.0.0.1:0"
-    return PeerConfig(listen=listen, data_dir=data_dir or default_data_dir(), trackers=tuple(trackers),
-                      cluster_secret=cluster_secret())
+    cluster_tls()  # an unusable $P2PDIST_TLS_* is named as the variable it came from
+    cfg = PeerConfig(listen=listen, data_dir=data_dir or default_data_dir(), trackers=tuple(trackers),
+                     cluster_secret=cluster_secret(), **_tls_paths(None))
+    cfg.validate()
+    return cfg
 
 
 def task_error(summary: Mapping[str, Any]) -> P2PError | None:
@@ -75,7 +102,8 @@ class LocalApiClient:
 
     def __init__(self, base: str, *, client: httpx.AsyncClient | None = None):
         self.base = base.rstrip("/")
-        self._client = client or httpx.AsyncClient(timeout=TIMEOUT, headers=token_headers(cluster_secret()))
+        self._client = client or httpx.AsyncClient(timeout=TIMEOUT, headers=token_headers(cluster_secret()),
+                                                   verify=component_verify(cluster_tls()))
         self._owns = client is None
 
     async def aclose(self) -> None:

@@ -25,6 +25,7 @@ import secrets
 import socket
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import trio
@@ -35,7 +36,7 @@ from p2pdist.backend.registry import RegistryClient
 from p2pdist.core.config import LIVE_KEYS, PeerConfig, changed_keys, split_hostport
 from p2pdist.core.errors import BadRequest, BlobUnknown, P2PError, TaskUnknown, Unavailable
 from p2pdist.core.task import TaskSpec
-from p2pdist.net.auth import require_token, token_headers
+from p2pdist.net.auth import ComponentAuth, token_headers
 from p2pdist.net.chunkclient import ChunkClient
 from p2pdist.net.chunkserver import UploadSlots, make_chunk_handler
 from p2pdist.net.http import Request, Response, Router, advertise_addr, serve_http
@@ -77,14 +78,19 @@ class Peer:
         self._last_vitals = (self._started, sum(os.times()[:2]), 0.0, 0.0)
         self._announce_now = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self.trackers = (TrackerClient(config.trackers, headers=token_headers(config.cluster_secret))
+        self.tls = config.cluster_tls()  # mTLS: to every peer and https:// tracker, and on our port
+        client_tls = self.tls.client if self.tls is not None else None
+        self.trackers = (TrackerClient(config.trackers, headers=token_headers(config.cluster_secret),
+                                       tls=client_tls)
                          if config.trackers else None)
         self.env = Env(
-            config=config, store=store, origin=origin, chunks=ChunkClient(headers=token_headers(config.cluster_secret), throttle=self.download_bucket),
+            config=config, store=store, origin=origin,
+            chunks=ChunkClient(headers=token_headers(config.cluster_secret), throttle=self.download_bucket,
+                               tls=client_tls),
             trackers=self.trackers, metrics=metrics,
             buffers=BufferPool(config.max_in_flight + 2), limiter=trio.CapacityLimiter(4),
             request_announce=self._announce_now.set, peer_id=self.peer_id,
-            rng=rng or random.Random())
+            rng=rng or random.Random(), tls=client_tls)
         self.registries = {host: RegistryClient(url) for host, url in config.upstream_map().items()}
         self.mirror = Mirror(self.registries, self.start_download, metrics,
                              auth_ttl=config.auth_cache_ttl, tag_ttl=config.tag_cache_ttl) if self.registries else None
@@ -229,16 +235,16 @@ class Peer:
         async def status(request: Request) -> Response:
             return Response.json(self.status())
 
-        guard = self.config.cluster_secret
-        r.route("GET", "/chunks/{name}", require_token(guard, make_chunk_handler(
+        auth = ComponentAuth(self.config.cluster_secret, mtls=self.tls is not None)
+        r.route("GET", "/chunks/{name}", auth.guard(make_chunk_handler(
             self.store, self.slots, compression=self.config.wire_compression == "auto",
             on_served=self.metrics.bytes_served.inc, throttle=self.upload_bucket)))
-        r.route("GET", "/maps/{task_id}", require_token(guard, get_map))
-        # the local API: the CLI on this node, or the operator's tools with the secret
-        r.route("POST", "/api/v1/fetch", require_token(guard, fetch, allow_loopback=True))
-        r.route("POST", "/api/v1/tasks", require_token(guard, start, allow_loopback=True))
-        r.route("GET", "/api/v1/tasks/{task_id}", require_token(guard, task, allow_loopback=True))
-        r.route("GET", "/api/v1/status", require_token(guard, status, allow_loopback=True))
+        r.route("GET", "/maps/{task_id}", auth.guard(get_map))
+        # the local API: the CLI on this node, or the operator's tools with the secret or a certificate
+        r.route("POST", "/api/v1/fetch", auth.guard(fetch, allow_loopback=True))
+        r.route("POST", "/api/v1/tasks", auth.guard(start, allow_loopback=True))
+        r.route("GET", "/api/v1/tasks/{task_id}", auth.guard(task, allow_loopback=True))
+        r.route("GET", "/api/v1/status", auth.guard(status, allow_loopback=True))
 
         async def ready() -> str | None:
             try:
@@ -283,7 +289,8 @@ async def serve(config: PeerConfig, *, origin: Origin | None = None,
     try:
         async with trio.open_nursery() as nursery:
             peer._nursery = nursery
-            bound = await nursery.start(serve_http, peer.router(), host, port)
+            bound = await nursery.start(partial(serve_http, peer.router(), host, port,
+                                                tls=peer.tls.server if peer.tls is not None else None))
             peer.advertise = advertise_addr(config.listen, bound, config.advertise)
             if peer.trackers is not None:
                 nursery.start_soon(peer.announcer)

@@ -11,6 +11,10 @@ be reached (or answers 5xx) makes a call try the next; when none answers it rais
 The list is the configured URLs; a URL whose host is a DNS name with several addresses
 (the headless Service of a tracker Deployment) stands for all of them, re-resolved every
 ``DNS_TTL`` seconds.
+
+An ``https://`` tracker is verified with ``tls`` (the cluster's mTLS client context: it
+presents this peer's certificate and checks the tracker's chain against the cluster CA,
+not its host name, so an expanded address verifies as its DNS name does).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import dataclasses
 import hashlib
 import ipaddress
 import socket
+import ssl
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -54,7 +59,8 @@ def raise_for_error(response: httpx.Response, who: str) -> None:
 
 class TrackerClient:
     def __init__(self, urls: Sequence[str], *, client: httpx.AsyncClient | None = None,
-                 headers: dict[str, str] | None = None, resolve: bool = True):
+                 headers: dict[str, str] | None = None, resolve: bool = True,
+                 tls: ssl.SSLContext | None = None):
         if not urls:
             raise ValueError("TrackerClient needs at least one tracker URL")
         self.configured = [u.rstrip("/") for u in urls]
@@ -62,7 +68,8 @@ class TrackerClient:
         self._resolve = resolve
         self._resolved_at = float("-inf")
         self._preferred = 0
-        self._client = client or httpx.AsyncClient(timeout=TIMEOUT, headers=headers)
+        self._client = client or httpx.AsyncClient(timeout=TIMEOUT, headers=headers,
+                                                   verify=tls if tls is not None else True)
 
     async def _refresh(self) -> None:
         """Expand DNS names with several addresses into one URL per address."""
@@ -73,6 +80,7 @@ class TrackerClient:
         for url in self.configured:
             parts = urlsplit(url)
             host = parts.hostname or ""
+            port = parts.port or (443 if parts.scheme == "https" else 80)
             try:
                 ipaddress.ip_address(host)
                 out.append(url)
@@ -80,7 +88,7 @@ class TrackerClient:
             except ValueError:
                 pass
             try:
-                infos = await trio.socket.getaddrinfo(host, parts.port or 80, type=socket.SOCK_STREAM)
+                infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except OSError:
                 out.append(url)
                 continue
@@ -88,7 +96,7 @@ class TrackerClient:
             if len(addrs) <= 1:
                 out.append(url)
             else:
-                out += [urlunsplit((parts.scheme, f"{a}:{parts.port or 80}", parts.path, "", "")) for a in addrs]
+                out += [urlunsplit((parts.scheme, f"{a}:{port}", parts.path, "", "")) for a in addrs]
         if out != self.urls:
             self.urls = out
             self._preferred = 0

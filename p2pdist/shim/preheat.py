@@ -114,9 +114,10 @@ async def tracker_peers(trackers: Sequence[str], client: httpx.AsyncClient) -> l
 async def preheat(specs: dict[Digest, TaskSpec], peers: Sequence[PeerInfo], *,
                   on_progress: Callable[[list[PeerProgress]], None] | None = None,
                   client: httpx.AsyncClient | None = None, poll_every: float = POLL_EVERY,
-                  timeout: float | None = None) -> list[PeerProgress]:
+                  timeout: float | None = None, peer_scheme: str = "http") -> list[PeerProgress]:
     """Have every peer in ``peers`` fetch every blob in ``specs``; return each peer's final
-    progress (look at ``ok``/``failures()``). Never raises for one peer's failure."""
+    progress (look at ``ok``/``failures()``). Never raises for one peer's failure.
+    ``peer_scheme``: https for a cluster with mTLS (``client`` then carries the certificate)."""
     own = client is None
     client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
     progress = [PeerProgress(p, {d: BlobState() for d in specs}) for p in peers]
@@ -124,7 +125,7 @@ async def preheat(specs: dict[Digest, TaskSpec], peers: Sequence[PeerInfo], *,
         with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
             async with trio.open_nursery() as nursery:
                 for pp in progress:
-                    nursery.start_soon(_drive, pp, specs, LocalApiClient(f"http://{pp.peer.addr}", client=client),
+                    nursery.start_soon(_drive, pp, specs, LocalApiClient(f"{peer_scheme}://{pp.peer.addr}", client=client),
                                        poll_every)
                 if on_progress is not None:
                     async def report() -> None:

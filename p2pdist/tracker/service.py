@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from urllib.parse import urlsplit
 
 import trio
@@ -29,7 +30,7 @@ from p2pdist.core.errors import BadRequest, P2PError, TaskUnknown, p2p_error_in
 from p2pdist.core.task import TaskSpec
 from p2pdist.engine.firstcopy import FirstCopies
 from p2pdist.engine.neighbours import NeighbourPolicy, PeerEntry, TaskPeers, choose_neighbours
-from p2pdist.net.auth import require_token
+from p2pdist.net.auth import ComponentAuth
 from p2pdist.net.chunkserver import UploadSlots, make_chunk_handler
 from p2pdist.net.http import Request, Response, Router, advertise_addr, serve_http
 from p2pdist.net.observe import Metrics, add_health_routes
@@ -138,6 +139,7 @@ class Tracker:
         self._origin_budget: dict[str, trio.Semaphore] = {}
         self.first_copies = FirstCopies(config.seed_grace)
         self._nursery: trio.Nursery | None = None
+        self.tls = config.cluster_tls()  # mTLS on our port: a verified client certificate lets a caller in
 
     def apply_config(self, new: TrackerConfig) -> set[str]:
         """Apply the live keys (neighbour policy, slots, timings, logging); return the
@@ -341,11 +343,11 @@ class Tracker:
             self.heartbeat(decode_heartbeat(await request.json(MAX_HEARTBEAT_BYTES)))
             return Response.json({"stale_after": self.config.stale_after})
 
-        guard = self.config.cluster_secret
-        r.route("POST", "/api/v1/tasks", require_token(guard, register))
-        r.route("GET", "/api/v1/tasks/{task_id}/map", require_token(guard, get_map))
-        r.route("POST", "/api/v1/announce", require_token(guard, announce))
-        r.route("POST", "/api/v1/heartbeat", require_token(guard, heartbeat))
+        auth = ComponentAuth(self.config.cluster_secret, mtls=self.tls is not None)
+        r.route("POST", "/api/v1/tasks", auth.guard(register))
+        r.route("GET", "/api/v1/tasks/{task_id}/map", auth.guard(get_map))
+        r.route("POST", "/api/v1/announce", auth.guard(announce))
+        r.route("POST", "/api/v1/heartbeat", auth.guard(heartbeat))
         r.route("GET", "/api/v1/status", status)  # the read-only fleet view, as /ui shows it
 
         async def ui(request: Request) -> Response:
@@ -357,7 +359,7 @@ class Tracker:
                 host = request.client[0] if request.client else ""
                 self.first_copies.admit(name, host, self.clock())
 
-        r.route("GET", "/chunks/{name}", require_token(guard, make_chunk_handler(
+        r.route("GET", "/chunks/{name}", auth.guard(make_chunk_handler(
             self.store, self.slots, on_served=self.metrics.bytes_served.inc, admit=admit)))
 
         async def ready() -> str | None:
@@ -389,7 +391,8 @@ async def serve(config: TrackerConfig, *, origin: Origin | None = None,
         async with trio.open_nursery() as nursery:
             tracker = Tracker(config, store, origin, advertise="", metrics=metrics)
             tracker._nursery = nursery
-            bound = await nursery.start(serve_http, tracker.router(), host, port)
+            bound = await nursery.start(partial(serve_http, tracker.router(), host, port,
+                                                tls=tracker.tls.server if tracker.tls is not None else None))
             tracker.advertise = advertise_addr(config.listen, bound, config.advertise)
 
             async def expirer() -> None:
