@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pdist.engine.neighbours import NeighbourPolicy, PeerEntry, TaskPeers, choose_neighbours
+from p2pdist.engine.neighbours import (
+    CANDIDATES,
+    NeighbourPolicy,
+    PeerEntry,
+    TaskPeers,
+    choose_neighbours,
+)
 
 TREE = NeighbourPolicy("tree", fanout=2)
 
@@ -298,6 +304,28 @@ def test_swarm_weights_up_peers_holding_what_i_lack() -> None:
         e.peer_id[:4] for _ in range(500) for e in choose_neighbours(task, "me", policy, rng, 0.0)
     )
     assert picked["rich"] > 1.3 * picked["poor"]
+
+
+def test_swarm_in_a_huge_task_weighs_a_sample_not_everyone() -> None:
+    """10,000 peers in one task: an announce compares haves with a bounded sample."""
+
+    class CountingSet(set):
+        diffs = 0
+
+        def __sub__(self, other):
+            CountingSet.diffs += 1
+            return set.__sub__(self, other)
+
+    task = TaskPeers(30.0)
+    task.upsert("me", "m:1", "", set(), False, 0.0)
+    for i in range(10_000):
+        task.upsert(f"p{i}", f"10.1.{i // 250}.{i % 250}:7000", "", set(), False, 0.0).have = CountingSet({i % 64})
+    policy = NeighbourPolicy("swarm", swarm_size=8)
+    got = choose_neighbours(task, "me", policy, random.Random(1), 0.0)
+    assert len(got) == 8 == len({e.peer_id for e in got})
+    assert CountingSet.diffs == CANDIDATES * 8
+    picks = Counter(e.peer_id for s in range(50) for e in choose_neighbours(task, "me", policy, random.Random(s), 0.0))
+    assert len(picks) > 300  # spread over the task, not one corner of it
 
 
 def test_unknown_me_is_a_key_error() -> None:

@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 TOPOLOGIES = ("tree", "swarm")
+CANDIDATES = 8  # swarm: weighted choice among at most this many × swarm_size peers
 
 
 @dataclass(slots=True)
@@ -283,6 +284,11 @@ def _choose_swarm(
 ) -> list[PeerEntry]:
     seeds = [e for e in task.peers.values() if e.seed and e.peer_id != me.peer_id]
     others = [e for e in task.peers.values() if not e.seed and e.peer_id != me.peer_id]
+    if len(others) > CANDIDATES * policy.swarm_size:
+        # A large swarm: weigh a uniform sample, not everyone. Comparing haves with all
+        # 10,000 peers of a task on each of their announces would cost the tracker
+        # O(N) set differences per announce, O(N²) per round.
+        others = rng.sample(others, CANDIDATES * policy.swarm_size)
     if len(others) > policy.swarm_size:
         useful = [len(e.have - me.have) for e in others]
         most = max(useful) or 1
