@@ -487,6 +487,24 @@ def test_fallback_source_waits_for_the_primaries() -> None:
     assert late and {f.index for f in late} <= {1, 2, 3} and {f.peer_id for f in late} == {"seed"}
 
 
+def test_a_parent_that_keeps_gaining_chunks_is_waited_for() -> None:
+    """A tree parent that lags but progresses keeps its child off the seed; once it
+    stops gaining chunks for fallback_wait seconds, the seed is asked."""
+    st_ = state(n_known=6, total=6, fallback_wait=2.0, source_wait=60.0)
+    seed = Source("seed", "seed:1", frozenset(range(6)), fallback=True)
+    got = fetches(st_.set_sources([src("parent", {0}), seed], 0.0))
+    assert [(f.index, f.peer_id) for f in got] == [(0, "parent")]
+    st_.chunk_ok(0, "parent", 0.5)
+    for t, have in ((1.5, {0, 1}), (3.0, {0, 1, 2}), (4.5, {0, 1, 2, 3})):  # one new chunk each 1.5 s
+        acts = st_.set_sources([src("parent", have), seed], t) + st_.tick(t)
+        assert {f.peer_id for f in fetches(acts)} == {"parent"}
+        for f in fetches(acts):
+            st_.chunk_ok(f.index, "parent", t)
+    assert fetches(st_.tick(6.4)) == []  # 4.5 + 2.0: the parent may still be on its way
+    late = fetches(st_.tick(6.5))  # it stalled: chunks 4 and 5 come from the seed
+    assert sorted(f.index for f in late) == [4, 5] and {f.peer_id for f in late} == {"seed"}
+
+
 def test_fallback_source_takes_a_chunk_the_primary_failed() -> None:
     st_ = state(n_known=1, total=1, fallback_wait=60.0)
     parent = src("parent", {0})

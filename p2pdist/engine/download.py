@@ -234,6 +234,7 @@ class DownloadState:
         self._tried: dict[int, set[str]] = {}
         self._starving_since: dict[int, float] = {}
         self._primary_starving_since: dict[int, float] = {}  # no non-fallback source could serve it
+        self._primaries_progressed = float("-inf")  # when a primary source last announced new chunks
         self._done_sent = False
         self._now = float("-inf")  # the latest `now` seen
 
@@ -293,7 +294,8 @@ class DownloadState:
                 later += [t + self.source_wait for t in self._starving_since.values()]
                 later.append(self._origin_paused_until)
             if any(s.fallback for s in self._live_sources()):
-                later += [t + self.fallback_wait for t in self._primary_starving_since.values()]
+                later += [max(t, self._primaries_progressed) + self.fallback_wait
+                          for t in self._primary_starving_since.values()]
         times += [t for t in later if t > self._now]
         return min(times, default=None)
 
@@ -317,6 +319,9 @@ class DownloadState:
             old = self._sources.get(pid)
             if s.have is None or old is None or old.have != s.have:
                 self._missing.pop(pid, None)
+            if (not s.fallback and old is not None and s.have is not None and old.have is not None
+                    and not s.have <= old.have):
+                self._primaries_progressed = now
         self._sources = new
         self._recount()
         return self._schedule(now)
@@ -530,9 +535,12 @@ class DownloadState:
 
     def _fallback_allowed(self, now: float) -> set[int]:
         """Chunks a fallback source may be asked for: the primaries failed them, or could
-        not serve them for ``fallback_wait`` seconds."""
+        not serve them for ``fallback_wait`` seconds while making no progress either (a
+        parent gaining chunks is lagging, not stalled: its child waits for it, else every
+        level of a tree falls back to the seed it exists to protect)."""
         out = {i for i, n in self._attempts.items() if n > 0}
-        out.update(i for i, t in self._primary_starving_since.items() if t + self.fallback_wait <= now)
+        out.update(i for i, t in self._primary_starving_since.items()
+                   if max(t, self._primaries_progressed) + self.fallback_wait <= now)
         return out
 
     def _schedule_origin(self, now: float, *, has_live: bool) -> list[Action]:
