@@ -54,7 +54,7 @@ async def test_cluster_with_a_secret_distributes_and_refuses_strangers(tmp_path,
                     f"{peer}/healthz", f"{peer}/readyz", f"{peer}/metrics"):
             assert (await client.get(url)).status_code == 200, url
         ok = await client.get(f"{peer}/chunks/{chunk}", headers={TOKEN_HEADER: SECRET})
-        assert ok.status_code == 200 and len(ok.content) == 4 * MiB
+        assert ok.status_code == 200 and len(ok.content) == cmap.chunk_size
         ok = await client.get(f"{peer}/maps/{spec.task_id}", headers={TOKEN_HEADER: SECRET})
         assert ok.status_code == 200 and ok.json()["chunks"] == list(cmap.chunks)
     nursery.cancel_scope.cancel()

@@ -13,6 +13,8 @@ from p2pdist.core.chunkmap import (
     DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_SIZE,
     MAX_CHUNKS,
+    MIN_CHUNK_SIZE,
+    TARGET_CHUNKS,
     ChunkMap,
     canonical_json,
     chunk_count,
@@ -155,10 +157,14 @@ def test_parse_chunk_name_property(text):
 # -- chunk-size rule ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("size, expected", [
-    (None, 4 * MiB),
-    (0, 4 * MiB),
-    (1, 4 * MiB),
-    (100 * MiB, 4 * MiB),
+    (None, 4 * MiB),                     # unknown size
+    (0, 1 * MiB),
+    (1, 1 * MiB),
+    (100 * MiB, 1 * MiB),
+    (256 * MiB, 1 * MiB),                # documented: 256 chunks of 1 MiB
+    (256 * MiB + 1, 2 * MiB),
+    (512 * MiB, 2 * MiB),
+    (1 * GiB, 4 * MiB),
     (4 * GiB, 4 * MiB),                  # documented: 1,024 chunks of 4 MiB
     (8 * GiB, 4 * MiB),                  # exactly MAX_CHUNKS chunks: no doubling
     (8 * GiB + 1, 8 * MiB),
@@ -180,13 +186,18 @@ def test_chunk_size_documented_counts():
 @given(st.integers(min_value=0, max_value=1 << 44))
 def test_chunk_size_rule_property(size):
     cs = chunk_size_for(size)
-    # a power-of-two multiple of 4 MiB, within [4 MiB, 32 MiB]
-    ratio, rem = divmod(cs, DEFAULT_CHUNK_SIZE)
+    # a power-of-two multiple of 1 MiB, within [1 MiB, 32 MiB]
+    ratio, rem = divmod(cs, MIN_CHUNK_SIZE)
     assert rem == 0 and ratio >= 1 and ratio & (ratio - 1) == 0
-    assert DEFAULT_CHUNK_SIZE <= cs <= MAX_CHUNK_SIZE
+    assert MIN_CHUNK_SIZE <= cs <= MAX_CHUNK_SIZE
+    # up to 4 MiB: at most TARGET_CHUNKS chunks, and half the size would give more
+    if cs < DEFAULT_CHUNK_SIZE:
+        assert chunk_count(size, cs) <= TARGET_CHUNKS
+    if MIN_CHUNK_SIZE < cs <= DEFAULT_CHUNK_SIZE:
+        assert chunk_count(size, cs // 2) > TARGET_CHUNKS
     # no more than MAX_CHUNKS chunks unless capped
     assert chunk_count(size, cs) <= MAX_CHUNKS or cs == MAX_CHUNK_SIZE
-    # the smallest such size: half of it would list too many chunks
+    # past 4 MiB, the smallest such size: half of it would list too many chunks
     if cs > DEFAULT_CHUNK_SIZE:
         assert chunk_count(size, cs // 2) > MAX_CHUNKS
 

@@ -13,6 +13,7 @@ import pytest
 import trio
 from _helpers import MiB, assert_copy, rehash_store
 
+from p2pdist.core.chunkmap import chunk_count, chunk_size_for
 from p2pdist.core.config import PeerConfig
 from p2pdist.core.errors import IntegrityError
 from p2pdist.core.task import TaskSpec
@@ -77,7 +78,8 @@ async def test_corrupt_peer_in_swarm_is_dropped(tmp_path):
         with trio.fail_after(40):
             liar = c.peers[0]
             await assert_copy(liar.start_download(spec), blob, tmp_path)
-            assert await _corrupt_store(liar.store.root) == 9
+            n_chunks = chunk_count(len(blob), chunk_size_for(len(blob)))
+            assert await _corrupt_store(liar.store.root) == n_chunks
             # Wait until the tracker lists the liar as a complete copy.
             entries = c.tracker.tasks[spec.task_id].peers.peers
             while not (entries.get("peer0") and entries["peer0"].complete):
@@ -93,7 +95,7 @@ async def test_corrupt_peer_in_swarm_is_dropped(tmp_path):
             if s["corrupt_chunks"]:
                 assert set(s["bad_sources"]) == {"peer0"}, s
         for i in range(1, 4):
-            assert rehash_store(tmp_path / f"peer{i}") == 9
+            assert rehash_store(tmp_path / f"peer{i}") == n_chunks
         nursery.cancel_scope.cancel()
 
 
@@ -117,7 +119,7 @@ async def test_corrupt_node_is_dropped_and_origin_used(tmp_path):
         assert s["corrupt_chunks"] > 0, s
         assert f"node:{liar.advertise}" in s["bad_sources"], s
         assert s["bytes_from_origin"] >= len(blob) - 0, s  # the only honest source left
-        assert rehash_store(tmp_path / "victim") == 7
+        assert rehash_store(tmp_path / "victim") == chunk_count(len(blob), chunk_size_for(len(blob)))
         nursery.cancel_scope.cancel()
 
 

@@ -7,7 +7,7 @@ import httpx
 import pytest
 import trio
 
-from p2pdist.core.chunkmap import DEFAULT_CHUNK_SIZE
+from p2pdist.core.chunkmap import DEFAULT_CHUNK_SIZE, chunk_size_for
 from p2pdist.core.config import ConfigError, TrackerConfig
 from p2pdist.core.errors import ChunkPassedOn, ChunkUnknown
 from p2pdist.core.task import TaskSpec
@@ -99,5 +99,5 @@ async def test_the_tracker_passes_each_fresh_chunk_on_once_in_swarm_mode(tmp_pat
         while task.sealed is None:
             await task.changed.wait()
     late = await _get(url, "127.0.0.3")
-    assert late.status_code == 200 and late.content == blob[:CS]
+    assert late.status_code == 200 and late.content == blob[:chunk_size_for(len(blob))]
     nursery.cancel_scope.cancel()

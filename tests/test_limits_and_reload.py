@@ -12,6 +12,7 @@ import sys
 import httpx
 import trio
 
+from p2pdist.core.chunkmap import chunk_size_for
 from p2pdist.core.config import PeerConfig, TrackerConfig
 from p2pdist.core.errors import Busy
 from p2pdist.core.task import TaskSpec
@@ -58,10 +59,15 @@ async def test_download_cap_holds(tmp_path, nursery):
     nursery.cancel_scope.cancel()
 
 
+def cmap_rate(blob: bytes) -> int:
+    """An upload rate at which one chunk of ``blob`` takes 2 s."""
+    return chunk_size_for(len(blob)) // 2
+
+
 async def test_full_upload_slots_answer_busy(tmp_path, nursery):
     blob = make_blob(2 * 4 * MiB, seed=43)
     origin, node, spec, cmap = await _seeded_node(tmp_path, nursery, blob, upload_slots=1,
-                                                  upload_rate=2 * MiB)
+                                                  upload_rate=cmap_rate(blob))
     client = ChunkClient()
     results: list[object] = []
 
@@ -72,11 +78,12 @@ async def test_full_upload_slots_answer_busy(tmp_path, nursery):
         except Busy as exc:
             results.append(exc)
 
+    await fetch(cmap.chunks[0])  # spends the bucket's burst: from here on uploads are paced
     async with trio.open_nursery() as n:
         n.start_soon(fetch, cmap.chunks[0])
-        await trio.sleep(0.2)  # the first upload holds the only slot (it is slowed to 2 MiB/s)
+        await trio.sleep(0.2)  # that upload holds the only slot (slowed to 2 s a chunk)
         n.start_soon(fetch, cmap.chunks[1])
-    assert results.count("ok") == 1 and sum(isinstance(r, Busy) for r in results) == 1
+    assert results.count("ok") == 2 and sum(isinstance(r, Busy) for r in results) == 1
     await client.aclose()
     nursery.cancel_scope.cancel()
 
