@@ -25,7 +25,7 @@ What is modelled (time-stepped, ``--dt`` seconds):
   haves as the tracker knows them) become the peer's sources;
 
 Every knob defaults to the product's own default (``PeerConfig``, ``TrackerConfig``,
-``DEFAULT_CHUNK_SIZE``), so a run without flags simulates p2pdist as shipped.
+``chunk_size_for``), so a run without flags simulates p2pdist as shipped.
 * a source with ``--upload-slots`` uploads running answers ``busy``; one not holding the
   chunk answers ``missing``; back-to-source is off unless ``--back-to-source``.
 
@@ -258,14 +258,14 @@ def main() -> int:
         src = sys.argv[sys.argv.index("--src") + 1]
     if src:
         sys.path.insert(0, str(Path(src).resolve()))
-    from p2pdist.core.chunkmap import DEFAULT_CHUNK_SIZE
+    from p2pdist.core.chunkmap import chunk_size_for
     from p2pdist.core.config import PeerConfig, TrackerConfig
     from p2pdist.peer.service import MIN_ANNOUNCE_GAP
     peer, tracker = PeerConfig(), TrackerConfig()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hosts", type=int, default=16)
     ap.add_argument("--size", type=parse_size, default=256 * MiB)
-    ap.add_argument("--chunk", type=parse_size, default=DEFAULT_CHUNK_SIZE)
+    ap.add_argument("--chunk", type=parse_size, help="chunk size (default: the tracker's, chunk_size_for(--size))")
     ap.add_argument("--rate", type=parse_rate, default=100e6)
     ap.add_argument("--seed-rate", type=parse_rate)
     ap.add_argument("--origin-rate", type=parse_rate)
@@ -290,6 +290,7 @@ def main() -> int:
     ap.add_argument("--src", help="import p2pdist from this source tree")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    args.chunk = args.chunk or chunk_size_for(args.size)
     args.seed_rate = args.seed_rate or args.rate
     args.origin_rate = args.origin_rate or args.seed_rate
     runs = []
