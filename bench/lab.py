@@ -93,7 +93,15 @@ TRACKER_PORT = 7400
 PEER_PORT = 7401
 BT_TRACKER_PORT = 6969
 BT_PORT = 6881
-PIECE = 4 * 1024 * 1024
+
+
+def bt_piece_size(size: int) -> int:
+    """BitTorrent's piece size: p2pdist's chunk size for the blob, so both move pieces of
+    the same granularity and neither wins on pipelining depth alone."""
+    from p2pdist.core.chunkmap import chunk_size_for
+
+    return chunk_size_for(size)
+
 TBF_LATENCY = "20ms"  # tbf queue length in time; --tbf-latency
 MTU = 9000  # --mtu
 LINK = "tbf-prio"  # --link
@@ -699,7 +707,8 @@ http {{
         torrent = run / "blob.torrent"
         announce = f"http://{TRACKER_IP}:{BT_TRACKER_PORT}/announce"
         r = subprocess.run([SYS_PYTHON, str(BT_NODE), "make", "--file", str(self.blob), "--tracker", announce,
-                            "--piece-size", str(PIECE), "--out", str(torrent)], capture_output=True, text=True)
+                            "--piece-size", str(self.args.bt_piece or bt_piece_size(self.args.size)),
+                            "--out", str(torrent)], capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"making the torrent failed: {r.stderr.strip()}")
         (run / "ot").mkdir()
@@ -1015,6 +1024,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", action="store_true", help="print one JSON object keyed by system on stdout")
     ap.add_argument("--no-record", action="store_true", help="do not write bench/RESULTS.md, lab-results/ or the plot")
     ap.add_argument("--bt-tcp-only", action="store_true", help="BitTorrent without uTP (TCP only)")
+    ap.add_argument("--bt-piece", type=parse_size, help="BitTorrent piece size (default: p2pdist's chunk size for --size)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other systems of an earlier recorded run with the same hosts/size/rate/tag")
     ap.add_argument("--tag", default="", help="label for this run in RESULTS.md (e.g. a tuning variant)")
