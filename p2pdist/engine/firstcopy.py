@@ -59,7 +59,8 @@ class FirstCopies:
 
     def admit(self, name: str, host: str, now: float) -> None:
         """Record that ``name`` goes to ``host`` now, or raise :class:`ChunkPassedOn` if
-        another host received it less than ``grace`` seconds ago."""
+        another host received it less than ``grace`` seconds ago, or — a chunk never sent
+        yet — if another host asking within ``window`` seconds has had fewer first copies."""
         if name not in self._fresh or self.grace <= 0:
             return
         self._asked[host] = now
