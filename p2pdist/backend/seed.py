@@ -14,6 +14,7 @@ digest (or, with none expected, it is the digest). A mismatch raises
 from __future__ import annotations
 
 import hashlib
+import mmap
 from collections.abc import Awaitable, Callable
 
 import blake3
@@ -25,6 +26,7 @@ from p2pdist.core.digest import Digest
 from p2pdist.core.errors import IntegrityError, OriginError
 from p2pdist.core.task import TaskSpec
 from p2pdist.storage.chunkstore import ChunkStore
+from p2pdist.storage.direct import aligned_buffer
 
 OnStart = Callable[[int | None, int], None]
 OnChunk = Callable[[int, str, int], Awaitable[None] | None]
@@ -51,10 +53,11 @@ async def seed_from_origin(origin: Origin, spec: TaskSpec, store: ChunkStore, *,
         cs = chunk_size or chunk_size_for(size)
         if on_start is not None:
             on_start(size, cs)
-        free_send, free_recv = trio.open_memory_channel[bytearray](_BUFFERS)
-        work_send, work_recv = trio.open_memory_channel[tuple[bytearray, int]](_BUFFERS)
+        # page aligned, so the store writes them O_DIRECT (storage.direct)
+        free_send, free_recv = trio.open_memory_channel[mmap.mmap](_BUFFERS)
+        work_send, work_recv = trio.open_memory_channel[tuple[mmap.mmap, int]](_BUFFERS)
         for _ in range(_BUFFERS):
-            free_send.send_nowait(bytearray(cs))
+            free_send.send_nowait(aligned_buffer(cs))
 
         async def consume() -> None:
             async with work_recv:

@@ -22,6 +22,7 @@ from p2pdist.core.errors import Busy
 from p2pdist.net.http import FileBody, Handler, Request, Response
 from p2pdist.net.throttle import TokenBucket
 from p2pdist.storage.chunkstore import ChunkStore
+from p2pdist.storage.direct import ALIGN, aligned_buffer, read_span
 
 SAMPLE = 64 * 1024
 MIN_RATIO = 1.25
@@ -45,15 +46,20 @@ class UploadSlots:
         self.in_use -= 1
 
 
+def _read(fd: int, size: int) -> memoryview:
+    """The first ``size`` bytes of ``fd``, which may be O_DIRECT (the store's)."""
+    return read_span(fd, aligned_buffer(size + 2 * ALIGN), 0, size)
+
+
 def _compressible(fd: int, size: int) -> bool:
-    sample = os.pread(fd, min(SAMPLE, size), 0)
+    sample = _read(fd, min(SAMPLE, size))
     if len(sample) < 4096:
         return False
     return len(zstandard.ZstdCompressor(level=1).compress(sample)) * MIN_RATIO <= len(sample)
 
 
 def _compress_file(fd: int, size: int) -> bytes:
-    data = os.pread(fd, size, 0)
+    data = _read(fd, size)
     return zstandard.ZstdCompressor(level=1, write_content_size=True).compress(data)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import mmap
 import random
 import ssl
 import time
@@ -53,6 +54,7 @@ from p2pdist.net.http import FileBody
 from p2pdist.net.observe import Metrics
 from p2pdist.peer.trackerclient import TrackerClient
 from p2pdist.storage.chunkstore import ChunkStore
+from p2pdist.storage.direct import aligned_buffer
 from p2pdist.wire.tracker import MapProgress, Neighbour, decode_have
 
 log = logging.getLogger("p2pdist.download")
@@ -70,21 +72,22 @@ class DownloadStats:
 
 
 class BufferPool:
-    """Reused chunk buffers: the peer's memory for transfers is ``count × chunk_size``."""
+    """Reused chunk buffers: the peer's memory for transfers is ``count × chunk_size``.
+    Page aligned, so the store writes them O_DIRECT (storage.direct)."""
 
     def __init__(self, count: int):
-        self._free: list[bytearray] = []
+        self._free: list[mmap.mmap] = []
         self._sem = trio.Semaphore(count)
 
-    async def get(self, size: int) -> bytearray:
+    async def get(self, size: int) -> mmap.mmap:
         await self._sem.acquire()
         while self._free:
             buf = self._free.pop()
             if len(buf) >= size:
                 return buf
-        return bytearray(size)
+        return aligned_buffer(size)
 
-    def put(self, buf: bytearray) -> None:
+    def put(self, buf: mmap.mmap) -> None:
         self._free.append(buf)
         self._sem.release()
 
@@ -511,7 +514,7 @@ class Download:
             return self.chunk_size
         return chunk_span(index, self.size, self.chunk_size)[1]
 
-    async def _verify_and_store(self, index: int, buf: bytearray, n: int, encoding: str | None) -> int:
+    async def _verify_and_store(self, index: int, buf: mmap.mmap, n: int, encoding: str | None) -> int:
         """Check chunk ``index`` against its BLAKE3 and store it: one worker-thread call
         (the store hashes and writes together) for plain bodies; zstd bodies are first
         decompressed, capped at the chunk's length. Raises IntegrityError."""
