@@ -35,9 +35,7 @@ _BUFFERS = 3
 
 
 def blake3_hex(data: bytes | bytearray | memoryview) -> str:
-    """BLAKE3 of ``data``; multi-threaded for big buffers (blake3 releases the GIL)."""
-    if len(data) >= 1 << 20:
-        return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
+    """BLAKE3 of ``data`` on this thread (see ChunkStore._put_sync: no thread pool)."""
     return blake3.blake3(data).hexdigest()
 
 
