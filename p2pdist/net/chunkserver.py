@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import mmap
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
@@ -46,13 +48,19 @@ class UploadSlots:
         self.in_use -= 1
 
 
-def _read(fd: int, size: int) -> memoryview:
+_samples = threading.local()  # each worker thread's reused sample buffer
+
+
+def _read(fd: int, size: int, buf: mmap.mmap | None = None) -> memoryview:
     """The first ``size`` bytes of ``fd``, which may be O_DIRECT (the store's)."""
-    return read_span(fd, aligned_buffer(size + 2 * ALIGN), 0, size)
+    return read_span(fd, buf if buf is not None else aligned_buffer(size + 2 * ALIGN), 0, size)
 
 
 def _compressible(fd: int, size: int) -> bool:
-    sample = _read(fd, min(SAMPLE, size))
+    buf = getattr(_samples, "buf", None)
+    if buf is None:
+        buf = _samples.buf = aligned_buffer(SAMPLE + 2 * ALIGN)
+    sample = _read(fd, min(SAMPLE, size), buf)
     if len(sample) < 4096:
         return False
     return len(zstandard.ZstdCompressor(level=1).compress(sample)) * MIN_RATIO <= len(sample)
