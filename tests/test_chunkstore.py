@@ -212,6 +212,16 @@ async def test_chunk_removed_behind_the_stores_back_is_forgotten(tmp_path: Path)
     assert store.used == 0
 
 
+async def test_prefix_directory_removed_behind_the_stores_back_is_made_again(tmp_path: Path) -> None:
+    store = await ChunkStore.open(tmp_path)
+    assert len(list((tmp_path / "chunks").iterdir())) == 256  # all made at open
+    d = b"lands in a prefix directory someone removed"
+    (tmp_path / "chunks" / name_of(d)[:2]).rmdir()
+    assert await store.put(name_of(d), d) is True
+    assert await store.read(name_of(d)) == d
+    assert tmp_files(tmp_path) == []
+
+
 async def test_delete(tmp_path: Path) -> None:
     store = await ChunkStore.open(tmp_path)
     d = b"delete me"
@@ -252,7 +262,7 @@ async def test_open_removes_leftover_temp_files_and_ignores_strangers(tmp_path: 
     d = b"half written when the power went"
     (tmp_path / "tmp" / f"{name_of(d)}.abcd.tmp").write_bytes(d[:5])
     stranger = tmp_path / "chunks" / "ab" / "not-a-chunk"
-    stranger.parent.mkdir()
+    stranger.parent.mkdir(exist_ok=True)  # (open makes every prefix directory)
     stranger.write_bytes(b"?")
     store = await ChunkStore.open(tmp_path)
     assert tmp_files(tmp_path) == []

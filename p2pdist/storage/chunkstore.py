@@ -291,7 +291,6 @@ class ChunkStore:
                     _write_all(fd, view)
                 finally:
                     os.close(fd)
-                final.parent.mkdir(exist_ok=True)
             except OSError as exc:
                 _unlink_quietly(tmp)
                 if exc.errno in _NO_SPACE:
@@ -309,7 +308,12 @@ class ChunkStore:
                     self._index.move_to_end(name)
                     return False
                 try:
-                    os.replace(tmp, final)
+                    try:
+                        os.replace(tmp, final)
+                    except FileNotFoundError:
+                        # open made every prefix directory; this one was removed behind our back
+                        final.parent.mkdir(exist_ok=True)
+                        os.replace(tmp, final)
                 except OSError as exc:
                     _unlink_quietly(tmp)
                     raise P2PError(f"store at {self.root}: storing chunk {name} failed: {exc}") from exc
@@ -588,6 +592,13 @@ def _prepare(root: Path, capacity: int | None) -> OrderedDict[str, int]:
     chunks_dir, tmp_dir, maps_dir = root / "chunks", root / "tmp", root / "maps"
     for d in (chunks_dir, tmp_dir, maps_dir):
         d.mkdir(parents=True, exist_ok=True)
+    # all 256 prefix directories now, so a put makes none (a mkdir per chunk, and an
+    # inode to allocate for most of a fresh store's first 256 chunks)
+    for i in range(256):
+        try:
+            (chunks_dir / f"{i:02x}").mkdir(exist_ok=True)
+        except FileExistsError:
+            log.warning("leaving unexpected file %s", chunks_dir / f"{i:02x}")
     for entry in os.scandir(tmp_dir):
         # Only we write here, and nothing is in flight before open returns.
         if entry.is_dir(follow_symlinks=False):
