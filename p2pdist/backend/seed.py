@@ -4,7 +4,8 @@ Used by the tracker (the cluster's seed, single flight per task) and by a peer t
 reach any tracker (it then seeds for itself). Each chunk is published through
 ``on_chunk`` as soon as it is hashed and stored (cut-through), so downloaders start long
 before the origin has sent the last byte. Every byte is hashed exactly once by BLAKE3 and
-once by sha256, in one worker-thread call per chunk, while the next chunk is received.
+once by sha256 and written, in one worker-thread call per chunk
+(``ChunkStore.put_new``), while the next chunk is received.
 
 The returned :class:`ChunkMap` is *sealed*: its sha256 was checked against the expected
 digest (or, with none expected, it is the digest). A mismatch raises
@@ -17,7 +18,6 @@ import hashlib
 import mmap
 from collections.abc import Awaitable, Callable
 
-import blake3
 import trio
 
 from p2pdist.backend.origin import Origin, read_full
@@ -34,15 +34,9 @@ OnChunk = Callable[[int, str, int], Awaitable[None] | None]
 _BUFFERS = 3
 
 
-def blake3_hex(data: bytes | bytearray | memoryview) -> str:
-    """BLAKE3 of ``data`` on this thread (see ChunkStore._put_sync: no thread pool)."""
-    return blake3.blake3(data).hexdigest()
-
-
 async def seed_from_origin(origin: Origin, spec: TaskSpec, store: ChunkStore, *,
                            on_start: OnStart | None = None, on_chunk: OnChunk | None = None,
-                           chunk_size: int | None = None,
-                           limiter: trio.CapacityLimiter | None = None) -> ChunkMap:
+                           chunk_size: int | None = None) -> ChunkMap:
     sha = hashlib.sha256()
     names: list[str] = []
     total = 0
@@ -61,13 +55,7 @@ async def seed_from_origin(origin: Origin, spec: TaskSpec, store: ChunkStore, *,
             async with work_recv:
                 async for buf, n in work_recv:
                     view = memoryview(buf)[:n]
-
-                    def digest_chunk(view: memoryview = view) -> str:
-                        sha.update(view)
-                        return blake3_hex(view)
-
-                    name = await trio.to_thread.run_sync(digest_chunk, limiter=limiter)
-                    await store.put_verified(name, view)
+                    name = await store.put_new(view, also=sha)  # in order: sha256 sees the blob whole
                     view.release()
                     names.append(name)
                     if on_chunk is not None:

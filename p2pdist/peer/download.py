@@ -352,7 +352,7 @@ class Download:
             self._notify()
 
         cmap = await seed_from_origin(env.origin, self.spec, env.store, on_start=on_start,
-                                      on_chunk=on_chunk, limiter=env.limiter)
+                                      on_chunk=on_chunk)
         self.total = cmap.n_chunks
         await self._seal(cmap)
 
