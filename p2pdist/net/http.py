@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import re
 import socket
@@ -60,7 +61,7 @@ RECV_SIZE = 256 * 1024
 HANDSHAKE_TIMEOUT = 10.0
 TLS_FILE_PIECE = 1024 * 1024  # a file body's read size over TLS (256 KiB when throttled)
 FILE_PIECE = 4 * 1024 * 1024  # an O_DIRECT file body's read size: a whole chunk per thread hop
-FILE_BUFFERS = 8  # reused read buffers per server (FILE_PIECE each); more senders wait
+FILE_BUFFERS = 8  # read buffers a server keeps for reuse (FILE_PIECE each)
 
 
 class Request:
@@ -229,20 +230,21 @@ def _peer_of(sock: trio.socket.SocketType) -> tuple[str, int] | None:
 
 class _FileBuffers:
     """Aligned read buffers for file bodies that do not go by sendfile, shared by a
-    server's connections and reused: fresh memory per response is what O_DIRECT avoids."""
+    server's connections and reused (fresh memory per response is what O_DIRECT avoids).
+    Nobody waits for one: past ``keep`` in use at once, a sender gets its own, dropped
+    after (a stalled client must not hold up the others)."""
 
-    def __init__(self, count: int = FILE_BUFFERS, size: int = FILE_PIECE + 2 * ALIGN):
+    def __init__(self, keep: int = FILE_BUFFERS, size: int = FILE_PIECE + 2 * ALIGN):
+        self.keep = keep
         self.size = size
-        self._free: list[Any] = []
-        self._sem = trio.Semaphore(count)
+        self._free: list[mmap.mmap] = []
 
-    async def get(self) -> Any:
-        await self._sem.acquire()
+    def get(self) -> mmap.mmap:
         return self._free.pop() if self._free else aligned_buffer(self.size)
 
-    def put(self, buf: Any) -> None:
-        self._free.append(buf)
-        self._sem.release()
+    def put(self, buf: mmap.mmap) -> None:
+        if len(self._free) < self.keep:
+            self._free.append(buf)
 
 
 class _ServerConn:
@@ -453,7 +455,7 @@ class _ServerConn:
         offset, remaining = body.offset, body.count
         capped = body.throttle is not None and body.throttle.rate is not None
         piece = 256 * 1024 if capped else FILE_PIECE if self.sock is not None else TLS_FILE_PIECE
-        buf = await self.buffers.get()
+        buf = self.buffers.get()
         try:
             while remaining > 0:
                 data = await trio.to_thread.run_sync(read_span, body.fd, buf, offset, min(remaining, piece))
@@ -512,7 +514,7 @@ async def serve_http(handler: Handler, host: str, port: int, *, tls: ssl.SSLCont
     a connection opening with a TLS handshake is served over TLS, any other as plain HTTP."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
-    buffers = _FileBuffers()
+    buffers = _FileBuffers(FILE_BUFFERS)
 
     async def on_connection(stream: trio.SocketStream) -> None:
         if tls is None:
