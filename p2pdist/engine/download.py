@@ -73,7 +73,13 @@ What a failure does to its source:
 - ``missing`` — the source is assumed not to hold that chunk until its next ``have``
   update: a changed ``have`` in :meth:`set_sources`, or any :meth:`set_sources` for a
   source of unknown ``have`` (the announce answer is the only news about it).
-- ``busy`` — the source is skipped for ``busy_backoff`` seconds; no strike.
+- ``busy`` — the source is skipped for ``busy_backoff`` seconds; no strike. But a
+  *seed* refusing while fetches of this download are still in flight there is full
+  with them (or with them and this peer's other downloads): it is asked again as soon
+  as one of them ends. A lone seed refusing one fetch must not idle the whole download
+  for the backoff (0.5 s of a cold ``docker pull``, whose config blob takes one of the
+  seed's slots). Ordinary peers keep the backoff as tuned in bench/lab.py (bench/sim.py
+  sees no difference either way).
 - a failed origin fetch puts the chunk back and pauses the origin for
   ``origin_retry`` seconds. The engine never gives up on its own: the driver sees the
   origin's exception (401, 404 …) and decides when the task has failed;
@@ -227,6 +233,7 @@ class DownloadState:
         self._strikes: dict[str, int] = {}
         self._missing: dict[str, set[int]] = {}
         self._cooldown: dict[str, float] = {}
+        self._full: set[str] = set()  # refused busy with our fetches in flight: until one ends
         self._avail: dict[int, int] = {}
 
         self._attempts: dict[int, int] = {}
@@ -384,6 +391,7 @@ class DownloadState:
             return self._schedule(now)
 
         # Source penalties apply even to a stale report: it is still evidence.
+        seed_busy = reason == "busy" and source in self._sources and self._sources[source].seed
         if reason == "corrupt":
             self.bad_sources[source] = self.bad_sources.get(source, 0) + 1
             self._drop(source)
@@ -394,10 +402,12 @@ class DownloadState:
         elif reason == "missing":
             self._missing.setdefault(source, set()).add(index)
         elif reason == "busy":
-            self._cooldown[source] = now + self.busy_backoff
+            if seed_busy and self._load.get(source, 0) > 0:
+                self._full.add(source)
+            else:
+                self._cooldown[source] = now + self.busy_backoff
         # "missing" is no attempt: the source simply lacks it (or, the seed, passed it on
         # to another peer), and the starvation clock covers a chunk that nobody holds.
-        seed_busy = reason == "busy" and source in self._sources and self._sources[source].seed
         if current and not seed_busy and reason != "missing":
             counter = self._busy if reason == "busy" else self._attempts
             counter[index] = counter.get(index, 0) + 1
@@ -450,6 +460,7 @@ class DownloadState:
         if src is None:
             self._origin_load -= 1
         else:
+            self._full.discard(src)  # one of ours there ended: a slot of its is free
             self._load[src] -= 1
             if not self._load[src]:
                 del self._load[src]
@@ -490,10 +501,10 @@ class DownloadState:
         pending = self._pending
         if pending:
             live = self._live_sources()
-            ready = [s for s in live if s.peer_id not in self._cooldown]
+            ready = [s for s in live if s.peer_id not in self._cooldown and s.peer_id not in self._full]
 
             # Starvation clock: runs while no live source could serve a chunk. A source
-            # cooling down after "busy" still counts (it is alive and will be asked
+            # cooling down after "busy" (or full) still counts (it is alive and will be asked
             # again); busy refusals go to the origin only if busy_attempts is set.
             self._clock_uncovered(self._starving_since, self._uncovered(pending, live), now)
             self._clock_uncovered(self._primary_starving_since,
