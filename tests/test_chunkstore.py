@@ -173,6 +173,20 @@ async def test_direct_io_round_trips_any_length_and_buffer(tmp_path: Path, size:
         os.close(fd)
 
 
+@pytest.mark.parametrize("direct_io", [True, False])
+async def test_feed_hands_the_bytes_to_a_hasher(tmp_path: Path, direct_io: bool) -> None:
+    store = await ChunkStore.open(tmp_path, direct_io=direct_io)
+    for size in (0, 5000, 4 << 20, (5 << 20) + 3):  # the last is bigger than the reused buffers
+        d = os.urandom(size)
+        await store.put(name_of(d), d)
+        sha = hashlib.sha256()
+        await store.feed(name_of(d), sha)
+        assert sha.digest() == hashlib.sha256(d).digest()
+        assert await store.read(name_of(d)) == d
+    with pytest.raises(ChunkUnknown):
+        await store.feed("0" * 64, hashlib.sha256())
+
+
 async def test_direct_io_off_keeps_the_page_cache(tmp_path: Path) -> None:
     store = await ChunkStore.open(tmp_path, direct_io=False)
     assert not store.direct_io

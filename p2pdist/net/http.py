@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import mmap
 import os
 import re
 import socket
@@ -51,7 +50,7 @@ from p2pdist.core.errors import (
 )
 from p2pdist.net.throttle import TokenBucket
 from p2pdist.net.tls import TLS_HANDSHAKE, PrefixedStream, client_certificate
-from p2pdist.storage.direct import ALIGN, aligned_buffer, is_direct, read_span
+from p2pdist.storage.direct import ALIGN, AlignedBuffers, is_direct, read_span
 
 log = logging.getLogger("p2pdist.http")
 
@@ -228,23 +227,10 @@ def _peer_of(sock: trio.socket.SocketType) -> tuple[str, int] | None:
     return peer[0], peer[1]
 
 
-class _FileBuffers:
-    """Aligned read buffers for file bodies that do not go by sendfile, shared by a
-    server's connections and reused (fresh memory per response is what O_DIRECT avoids).
-    Nobody waits for one: past ``keep`` in use at once, a sender gets its own, dropped
-    after (a stalled client must not hold up the others)."""
-
-    def __init__(self, keep: int = FILE_BUFFERS, size: int = FILE_PIECE + 2 * ALIGN):
-        self.keep = keep
-        self.size = size
-        self._free: list[mmap.mmap] = []
-
-    def get(self) -> mmap.mmap:
-        return self._free.pop() if self._free else aligned_buffer(self.size)
-
-    def put(self, buf: mmap.mmap) -> None:
-        if len(self._free) < self.keep:
-            self._free.append(buf)
+def _file_buffers() -> AlignedBuffers:
+    """Read buffers for file bodies that do not go by sendfile, shared by a server's
+    connections (fresh memory per response is what O_DIRECT avoids)."""
+    return AlignedBuffers(FILE_PIECE + 2 * ALIGN, keep=FILE_BUFFERS)
 
 
 class _ServerConn:
@@ -253,9 +239,9 @@ class _ServerConn:
 
     def __init__(self, stream: trio.abc.Stream, handler: Handler, *, sock: trio.socket.SocketType | None,
                  client: tuple[str, int] | None, client_cert: str | None = None, initial: bytes = b"",
-                 buffers: _FileBuffers | None = None):
+                 buffers: AlignedBuffers | None = None):
         self.stream = stream
-        self.buffers = buffers or _FileBuffers(1)
+        self.buffers = buffers or _file_buffers()
         self.handler = handler
         self.sock = sock
         self.client = client
@@ -475,7 +461,7 @@ class _Close(Exception):
 
 
 async def _serve_sniffed(stream: trio.SocketStream, handler: Handler, tls: ssl.SSLContext,
-                         buffers: _FileBuffers) -> None:
+                         buffers: AlignedBuffers) -> None:
     """One connection on a port that speaks TLS and plain HTTP: its first byte decides."""
     client = _peer_of(stream.socket)
     first = b""
@@ -514,7 +500,7 @@ async def serve_http(handler: Handler, host: str, port: int, *, tls: ssl.SSLCont
     a connection opening with a TLS handshake is served over TLS, any other as plain HTTP."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
-    buffers = _FileBuffers(FILE_BUFFERS)
+    buffers = _file_buffers()
 
     async def on_connection(stream: trio.SocketStream) -> None:
         if tls is None:

@@ -307,8 +307,7 @@ class Download:
             for index, name in enumerate(cmap.chunks):
                 while index not in self.held:
                     await self.wait_changed()
-                data = await self.env.store.read(name)
-                await trio.to_thread.run_sync(sha.update, data, limiter=self.env.limiter)
+                await self.env.store.feed(name, sha)
         if sha.hexdigest() != cmap.digest.hex:
             raise IntegrityError(f"the chunk map from --node peers for {cmap.digest} lists chunks "
                                  f"whose bytes hash to sha256:{sha.hexdigest()}")

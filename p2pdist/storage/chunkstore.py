@@ -57,7 +57,7 @@ from typing import Protocol, TypeVar
 import blake3
 import trio
 
-from p2pdist.core.chunkmap import ChunkMap
+from p2pdist.core.chunkmap import DEFAULT_CHUNK_SIZE, ChunkMap
 from p2pdist.core.digest import is_hex64, parse_chunk_name
 from p2pdist.core.errors import (
     BodyInvalid,
@@ -67,7 +67,14 @@ from p2pdist.core.errors import (
     P2PError,
     StoreFull,
 )
-from p2pdist.storage.direct import is_direct, write_direct_head
+from p2pdist.storage.direct import (
+    ALIGN,
+    AlignedBuffers,
+    aligned_buffer,
+    is_direct,
+    read_span,
+    write_direct_head,
+)
 
 __all__ = ["ChunkStore", "StoreStatistics", "Buffer"]
 
@@ -145,6 +152,7 @@ class ChunkStore:
         # O_DIRECT on chunk files (only if the file system takes it: probed at open)
         self.direct_io = direct_io
         self._odirect = os.O_DIRECT if direct_io else 0
+        self._buffers = AlignedBuffers(DEFAULT_CHUNK_SIZE + 2 * ALIGN, keep=4)  # for reads
 
     # -- opening -------------------------------------------------------------------------
 
@@ -374,20 +382,40 @@ class ChunkStore:
 
     async def read(self, name: str) -> bytes:
         """The bytes of chunk ``name``; marks it recently used. Raises ChunkUnknown if not held."""
+        return await self._use_bytes(name, bytes)
+
+    async def feed(self, name: str, hasher: _Hasher) -> None:
+        """Feed chunk ``name``'s bytes to ``hasher`` in one worker-thread call, through a
+        reused buffer (no copy of the chunk is made); as :meth:`read` otherwise."""
+        await self._use_bytes(name, hasher.update)
+
+    async def _use_bytes(self, name: str, use: Callable[[memoryview], T]) -> T:
         parse_chunk_name(name)
         if name not in self._index:
             raise ChunkUnknown(f"chunk {name} is not held")
-        data = await self._run(self._read_sync, name)
+        result = await self._run(self._use_bytes_sync, name, use)
         self.touch(name)
-        return data
+        return result
 
-    def _read_sync(self, name: str) -> bytes:
+    def _use_bytes_sync(self, name: str, use: Callable[[memoryview], T]) -> T:
+        """Worker thread: chunk ``name`` read (past the page cache with ``direct_io``)
+        into a reused buffer, handed to ``use``, which must not keep the view."""
         try:
-            with open(self._chunk_path(name), "rb", buffering=0) as f:
-                return f.readall()
+            fd = os.open(self._chunk_path(name), os.O_RDONLY | os.O_CLOEXEC | self._odirect)
         except FileNotFoundError as exc:
             self._lost(name)
             raise ChunkUnknown(f"chunk {name} is not held") from exc
+        try:
+            size = os.fstat(fd).st_size
+            pooled = size + 2 * ALIGN <= self._buffers.size
+            buf = self._buffers.get() if pooled else aligned_buffer(size + 2 * ALIGN)
+            try:
+                return use(read_span(fd, buf, 0, size))
+            finally:
+                if pooled:
+                    self._buffers.put(buf)
+        finally:
+            os.close(fd)
 
     def open_fd(self, name: str) -> tuple[int, int]:
         """``(fd, size)``: chunk ``name`` opened read-only to be sent as a ``FileBody``

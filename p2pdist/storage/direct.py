@@ -26,14 +26,35 @@ import os
 
 ALIGN = 4096  # the largest logical block size in common use; a multiple of every smaller one
 
-__all__ = ["ALIGN", "aligned_buffer", "is_aligned", "is_direct", "set_direct", "read_span",
-           "write_direct_head"]
+__all__ = ["ALIGN", "AlignedBuffers", "aligned_buffer", "is_aligned", "is_direct", "set_direct",
+           "read_span", "write_direct_head"]
 
 
 def aligned_buffer(size: int) -> mmap.mmap:
     """A writable, page-aligned buffer of ``size`` bytes (anonymous memory). Allocate once
     and reuse: fresh memory is what this module avoids."""
     return mmap.mmap(-1, max(size, 1))
+
+
+class AlignedBuffers:
+    """Aligned buffers of ``size`` bytes, reused. Nobody waits for one: past ``keep`` in
+    use at once a caller gets a fresh one, dropped after (a stalled user must not hold
+    up the others). Safe from any thread (list pop/append are atomic)."""
+
+    def __init__(self, size: int, keep: int = 8):
+        self.size = size
+        self.keep = keep
+        self._free: list[mmap.mmap] = []
+
+    def get(self) -> mmap.mmap:
+        try:
+            return self._free.pop()
+        except IndexError:
+            return aligned_buffer(self.size)
+
+    def put(self, buf: mmap.mmap) -> None:
+        if len(buf) == self.size and len(self._free) < self.keep:
+            self._free.append(buf)
 
 
 def is_aligned(view: memoryview) -> bool:
