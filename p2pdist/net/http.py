@@ -60,7 +60,7 @@ RECV_SIZE = 256 * 1024
 HANDSHAKE_TIMEOUT = 10.0
 TLS_FILE_PIECE = 1024 * 1024  # a file body's read size over TLS (256 KiB when throttled)
 FILE_PIECE = 4 * 1024 * 1024  # an O_DIRECT file body's read size: a whole chunk per thread hop
-FILE_BUFFERS = 8  # read buffers a server keeps for reuse (FILE_PIECE each)
+FILE_BUFFERS = 4  # read buffers a server keeps for reuse (FILE_PIECE each): the default upload slots
 
 
 class Request:

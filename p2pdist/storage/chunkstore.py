@@ -152,7 +152,7 @@ class ChunkStore:
         # O_DIRECT on chunk files (only if the file system takes it: probed at open)
         self.direct_io = direct_io
         self._odirect = os.O_DIRECT if direct_io else 0
-        self._buffers = AlignedBuffers(DEFAULT_CHUNK_SIZE + 2 * ALIGN, keep=4)  # for reads
+        self._buffers = AlignedBuffers(DEFAULT_CHUNK_SIZE + 2 * ALIGN, keep=2)  # for read() and feed()
 
     # -- opening -------------------------------------------------------------------------
 
