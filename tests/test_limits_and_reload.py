@@ -181,3 +181,18 @@ async def test_without_a_budget_the_origin_is_asked_in_parallel(tmp_path, nurser
             await d.wait()
     assert origin.max_streaming > 1  # so the test above measures the budget, not luck
     nursery.cancel_scope.cancel()
+
+
+async def test_direct_io_off_serves_from_the_page_cache(tmp_path, nursery):
+    """direct_io = false (slow network disks): the store keeps the page cache, chunks go
+    out by sendfile, and a download through such a node is whole all the same."""
+    blob = make_blob(3 * 4 * MiB + 5, seed=43)
+    origin, node, spec, _ = await _seeded_node(tmp_path, nursery, blob, direct_io=False)
+    assert node.store.direct_io is False
+    taker, _ = await start_peer(nursery, PeerConfig(listen="127.0.0.1:0", data_dir=str(tmp_path / "t")))
+    assert taker.store.direct_io is True
+    with trio.fail_after(30):
+        cmap = await taker.start_download(spec, nodes=[node.advertise]).wait()
+    assert [await taker.store.read(n) for n in cmap.chunks] == [await node.store.read(n) for n in cmap.chunks]
+    assert b"".join([await taker.store.read(n) for n in cmap.chunks]) == blob
+    nursery.cancel_scope.cancel()
