@@ -265,17 +265,14 @@ class ChunkStore:
         """
         return await self._put(name, data, verify=True)
 
-    async def put_new(self, data: Buffer, *, also: _Hasher | None = None) -> str:
+    async def put_new(self, data: Buffer) -> str:
         """Store ``data`` under its BLAKE3, which is returned (bytes straight from their
-        origin, named here). ``also``, if given, is fed the same bytes in the same
-        worker-thread call, before the write (the seed's whole-blob sha256): one thread
-        hop per chunk. Raises as :meth:`put`; storing nothing if the chunk is held."""
+        origin, named here), hashing and writing in one worker-thread call. Raises as
+        :meth:`put`; storing nothing if the chunk is held."""
         view = memoryview(data).cast("B")
-        return await self._run(self._put_new_sync, view, also)
+        return await self._run(self._put_new_sync, view)
 
-    def _put_new_sync(self, view: memoryview, also: _Hasher | None) -> str:
-        if also is not None:
-            also.update(view)
+    def _put_new_sync(self, view: memoryview) -> str:
         name = blake3.blake3(view).hexdigest()
         self._put_sync(name, view, False)
         return name
