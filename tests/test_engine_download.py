@@ -235,6 +235,19 @@ def test_late_success_after_timeout_is_accepted() -> None:
     assert d.chunk_failed(0, f.peer_id, "timeout", 1.2) == []  # stale: ignored
 
 
+def test_sources_that_may_hold_anything_are_asked_lowest_index_first() -> None:
+    """A lone peer behind the seed (or --node peers): availability says nothing, so the
+    chunks go in order, for the caller streaming the blob; with a peer whose have is
+    known, rarest first (random among equals) as before."""
+    seed = Source("tracker", "t:7400", None, seed=True)
+    d = state(n_known=64, total=64, max_in_flight=4, per_source_in_flight=1)
+    assert sorted(f.index for f in fetches(d.set_sources([seed], 0.0))) == [0, 1, 2, 3]
+    assert [f.index for f in fetches(d.chunk_ok(2, "tracker", 0.1))] == [4]
+    mixed = state(n_known=64, total=64, max_in_flight=4, per_source_in_flight=1, rng=random.Random(3))
+    got = sorted(f.index for f in fetches(mixed.set_sources([seed, src("p", range(64))], 0.0)))
+    assert got != [0, 1, 2, 3] and len(got) == 4
+
+
 def test_busy_cools_the_source_down_without_an_attempt() -> None:
     d = state(n_known=1, total=1, busy_backoff=0.5, peer_attempts=1)
     (f,) = fetches(d.set_sources([src("a")], 0.0))

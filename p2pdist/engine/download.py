@@ -62,8 +62,11 @@ Where a chunk goes (the rule, in order):
   serve it for ``fallback_wait`` seconds; it never counts in availability.
 
 Which chunks go first among peer-fetchable ones is :func:`select_chunks` with the
-download's ``policy``; origin-bound chunks go lowest index first, as callers stream in
-order. Origin-bound chunks are scheduled before peer-fetchable ones.
+download's ``policy`` — unless every source that could take a fetch may hold anything
+(``have`` None: the seed, ``--node`` peers): availability then says nothing, so they go
+lowest index first, as callers stream in order (a lone peer behind the seed picked at
+random among the chunks the seed was ahead by, and its in-order reader, dockerd, waited
+for the gaps). Origin-bound chunks go lowest index first too. Origin-bound chunks are scheduled before peer-fetchable ones.
 
 What a failure does to its source:
 
@@ -584,6 +587,7 @@ class DownloadState:
         exhausted = self._exhausted() if self.origin_fallback else set()
         allowed = self._fallback_allowed(now) if any(s.fallback for s in ready) else set()
         cap = self.source_cap(sum(1 for s in ready if not s.fallback))
+        policy = "sequential" if all(s.have is None for s in ready) else self.policy
         while self._pending and len(self._in_flight) < self.max_in_flight:
             spare = [s for s in ready if self._load.get(s.peer_id, 0) < cap]
             candidates: set[int] = set()
@@ -599,7 +603,7 @@ class DownloadState:
                 self._avail,
                 self.max_in_flight - len(self._in_flight),
                 self._rng,
-                policy=self.policy,
+                policy=policy,
             )
             assigned = 0
             for i in picks:
