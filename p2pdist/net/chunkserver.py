@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import mmap
 import os
-import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
@@ -24,7 +22,7 @@ from p2pdist.core.errors import Busy
 from p2pdist.net.http import FileBody, Handler, Request, Response
 from p2pdist.net.throttle import TokenBucket
 from p2pdist.storage.chunkstore import ChunkStore
-from p2pdist.storage.direct import ALIGN, aligned_buffer, read_span
+from p2pdist.storage.direct import ALIGN, AlignedBuffers, aligned_buffer, read_span
 
 SAMPLE = 64 * 1024
 MIN_RATIO = 1.25
@@ -48,26 +46,24 @@ class UploadSlots:
         self.in_use -= 1
 
 
-_samples = threading.local()  # each worker thread's reused sample buffer
-
-
-def _read(fd: int, size: int, buf: mmap.mmap | None = None) -> memoryview:
-    """The first ``size`` bytes of ``fd``, which may be O_DIRECT (the store's)."""
-    return read_span(fd, buf if buf is not None else aligned_buffer(size + 2 * ALIGN), 0, size)
+# The fd may be the store's O_DIRECT one: reads go through read_span into aligned buffers,
+# reused for the per-chunk sample (a fresh mapping each is fresh memory each).
+_samples = AlignedBuffers(SAMPLE + 2 * ALIGN, keep=4)
 
 
 def _compressible(fd: int, size: int) -> bool:
-    buf = getattr(_samples, "buf", None)
-    if buf is None:
-        buf = _samples.buf = aligned_buffer(SAMPLE + 2 * ALIGN)
-    sample = _read(fd, min(SAMPLE, size), buf)
-    if len(sample) < 4096:
-        return False
-    return len(zstandard.ZstdCompressor(level=1).compress(sample)) * MIN_RATIO <= len(sample)
+    buf = _samples.get()
+    try:
+        sample = read_span(fd, buf, 0, min(SAMPLE, size))
+        if len(sample) < 4096:
+            return False
+        return len(zstandard.ZstdCompressor(level=1).compress(sample)) * MIN_RATIO <= len(sample)
+    finally:
+        _samples.put(buf)
 
 
 def _compress_file(fd: int, size: int) -> bytes:
-    data = _read(fd, size)
+    data = read_span(fd, aligned_buffer(size + 2 * ALIGN), 0, size)
     return zstandard.ZstdCompressor(level=1, write_content_size=True).compress(data)
 
 
