@@ -1,4 +1,6 @@
-"""The chunk fast path, server side: ``GET /chunks/<blake3>`` answered with ``os.sendfile``.
+"""The chunk fast path, server side: ``GET /chunks/<blake3>`` answered with the chunk's file
+(the HTTP server reads the store's ``O_DIRECT`` fd into a reused buffer, or uses
+``os.sendfile`` when the store keeps the page cache).
 
 - 404 ``CHUNK_UNKNOWN`` when the chunk is not held; 400 ``NAME_INVALID`` for a malformed name.
 - 503 ``BUSY`` when every upload slot is taken, so the asker goes to another neighbour

@@ -228,8 +228,9 @@ class Download:
             yield data[start:stop]
 
     async def iter_files(self, offset: int = 0, length: int | None = None) -> AsyncIterator[FileBody]:
-        """As :meth:`iter_bytes`, as file spans for ``os.sendfile``: no byte is copied
-        through Python. The receiver owns each span's fd (the HTTP server closes it)."""
+        """As :meth:`iter_bytes`, as file spans the HTTP server sends itself (from a reused
+        buffer for the store's O_DIRECT files, else by ``os.sendfile``): no bytes object
+        is made. The receiver owns each span's fd (the HTTP server closes it)."""
         async for name, start, stop in self.iter_spans(offset, length):
             fd, _ = self.env.store.open_fd(name)  # an open fd outlives an eviction of its file
             yield FileBody(fd, start, stop - start)
