@@ -24,6 +24,7 @@ from p2pdist.core.errors import (
 )
 from p2pdist.storage import chunkstore
 from p2pdist.storage.chunkstore import ChunkStore
+from p2pdist.storage.direct import ALIGN, aligned_buffer, is_direct, read_span
 
 
 def name_of(data: bytes) -> str:
@@ -72,7 +73,7 @@ async def test_put_read_roundtrip(tmp_path: Path) -> None:
     assert tmp_files(tmp_path) == []
 
 
-async def test_put_accepts_buffers_and_hashes_big_chunks_in_parallel(tmp_path: Path) -> None:
+async def test_put_accepts_buffers_and_big_chunks(tmp_path: Path) -> None:
     store = await ChunkStore.open(tmp_path)
     big = os.urandom(3 << 20)
     assert await store.put(name_of(big), memoryview(big)) is True
@@ -107,11 +108,13 @@ async def test_bad_chunk_names_are_refused(tmp_path: Path, bad: str) -> None:
         store.open_fd(bad)
 
 
-async def test_put_verified_skips_hashing_but_still_renames(tmp_path: Path) -> None:
+async def test_put_new_names_the_chunk(tmp_path: Path) -> None:
     store = await ChunkStore.open(tmp_path)
     d = b"streamed and hashed by the tracker"
-    assert await store.put_verified(name_of(d), d) is True
+    assert await store.put_new(d) == name_of(d)
     assert await store.read(name_of(d)) == d
+    assert await store.put_new(d) == name_of(d)  # held already: nothing written again
+    assert len(store) == 1 and store.used == len(d)
     assert tmp_files(tmp_path) == []
 
 
@@ -130,9 +133,88 @@ async def test_open_fd_gives_the_bytes(tmp_path: Path) -> None:
     fd, size = store.open_fd(name_of(d))
     try:
         assert size == len(d)
-        assert os.pread(fd, size + 1, 0) == d
+        assert is_direct(fd) == store.direct_io
+        buf = aligned_buffer(size + 2 * ALIGN)
+        assert read_span(fd, buf, 0, size + 1) == d
+        assert read_span(fd, buf, 4097, 10_000) == d[4097:14_097]
     finally:
         os.close(fd)
+
+
+# -- direct I/O ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, (3 << 20) + 123, 4 << 20])
+@pytest.mark.parametrize("aligned", [True, False])
+async def test_direct_io_round_trips_any_length_and_buffer(tmp_path: Path, size: int, aligned: bool) -> None:
+    """The block-aligned head of an aligned buffer goes O_DIRECT, the tail (or a misaligned
+    buffer) through the page cache; the file holds exactly the bytes either way."""
+    store = await ChunkStore.open(tmp_path)
+    assert store.direct_io  # ext4/xfs/tmpfs on a recent kernel all take O_DIRECT
+    d = os.urandom(size)
+    if aligned:
+        buf = aligned_buffer(size + ALIGN)
+        buf[:size] = d
+        view = memoryview(buf)[:size]
+    else:
+        view = memoryview(bytearray(b"x" + d))[1:]
+    assert await store.put(name_of(d), view) is True
+    path = tmp_path / "chunks" / name_of(d)[:2] / name_of(d)
+    assert path.read_bytes() == d
+    fd, got = store.open_fd(name_of(d))
+    try:
+        assert got == size
+        out = aligned_buffer(size + 2 * ALIGN)
+        for offset, want in [(0, size), (1, size), (size // 2, size), (max(size - 1, 0), 5)]:
+            assert read_span(fd, out, offset, want) == d[offset:offset + want]
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("direct_io", [True, False])
+async def test_feed_hands_the_bytes_to_a_hasher(tmp_path: Path, direct_io: bool) -> None:
+    store = await ChunkStore.open(tmp_path, direct_io=direct_io)
+    for size in (0, 5000, 4 << 20, (5 << 20) + 3):  # the last is bigger than the reused buffers
+        d = os.urandom(size)
+        await store.put(name_of(d), d)
+        sha = hashlib.sha256()
+        await store.feed(name_of(d), sha)
+        assert sha.digest() == hashlib.sha256(d).digest()
+        assert await store.read(name_of(d)) == d
+    with pytest.raises(ChunkUnknown):
+        await store.feed("0" * 64, hashlib.sha256())
+
+
+async def test_direct_io_off_keeps_the_page_cache(tmp_path: Path) -> None:
+    store = await ChunkStore.open(tmp_path, direct_io=False)
+    assert not store.direct_io
+    d = os.urandom(10_000)
+    await store.put(name_of(d), d)
+    fd, _ = store.open_fd(name_of(d))
+    try:
+        assert not is_direct(fd)
+        assert os.pread(fd, 20_000, 0) == d
+    finally:
+        os.close(fd)
+
+
+async def test_a_file_system_refusing_o_direct_uses_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def no_direct(path, flags, *a):  # type: ignore[no-untyped-def]
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *a)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    store = await ChunkStore.open(tmp_path)
+    assert not store.direct_io
+    d = os.urandom(10_000)
+    assert await store.put(name_of(d), d)
+    assert await store.read(name_of(d)) == d
+    assert tmp_files(tmp_path) == []
 
 
 async def test_chunk_removed_behind_the_stores_back_is_forgotten(tmp_path: Path) -> None:
@@ -144,6 +226,16 @@ async def test_chunk_removed_behind_the_stores_back_is_forgotten(tmp_path: Path)
         await store.read(name_of(d))
     assert not store.has(name_of(d))
     assert store.used == 0
+
+
+async def test_prefix_directory_removed_behind_the_stores_back_is_made_again(tmp_path: Path) -> None:
+    store = await ChunkStore.open(tmp_path)
+    assert len(list((tmp_path / "chunks").iterdir())) == 256  # all made at open
+    d = b"lands in a prefix directory someone removed"
+    (tmp_path / "chunks" / name_of(d)[:2]).rmdir()
+    assert await store.put(name_of(d), d) is True
+    assert await store.read(name_of(d)) == d
+    assert tmp_files(tmp_path) == []
 
 
 async def test_delete(tmp_path: Path) -> None:
@@ -186,7 +278,7 @@ async def test_open_removes_leftover_temp_files_and_ignores_strangers(tmp_path: 
     d = b"half written when the power went"
     (tmp_path / "tmp" / f"{name_of(d)}.abcd.tmp").write_bytes(d[:5])
     stranger = tmp_path / "chunks" / "ab" / "not-a-chunk"
-    stranger.parent.mkdir()
+    stranger.parent.mkdir(exist_ok=True)  # (open makes every prefix directory)
     stranger.write_bytes(b"?")
     store = await ChunkStore.open(tmp_path)
     assert tmp_files(tmp_path) == []

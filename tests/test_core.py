@@ -568,6 +568,9 @@ def test_config_env_values_are_parsed():
     assert cfg.chunk_timeout == 2.5
     assert cfg.advertise is None
     assert load_config(PeerConfig, env={"P2PDIST_CAPACITY": ""}).capacity is None
+    assert PeerConfig().direct_io is True and TrackerConfig().direct_io is True
+    assert load_config(PeerConfig, env={"P2PDIST_DIRECT_IO": "false"}).direct_io is False
+    assert load_config(TrackerConfig, env={"P2PDIST_DIRECT_IO": "false"}).direct_io is False
 
 
 def _config_error(cls=PeerConfig, **kw) -> str:

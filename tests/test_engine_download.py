@@ -235,6 +235,19 @@ def test_late_success_after_timeout_is_accepted() -> None:
     assert d.chunk_failed(0, f.peer_id, "timeout", 1.2) == []  # stale: ignored
 
 
+def test_sources_that_may_hold_anything_are_asked_lowest_index_first() -> None:
+    """A lone peer behind the seed (or --node peers): availability says nothing, so the
+    chunks go in order, for the caller streaming the blob; with a peer whose have is
+    known, rarest first (random among equals) as before."""
+    seed = Source("tracker", "t:7400", None, seed=True)
+    d = state(n_known=64, total=64, max_in_flight=4, per_source_in_flight=1)
+    assert sorted(f.index for f in fetches(d.set_sources([seed], 0.0))) == [0, 1, 2, 3]
+    assert [f.index for f in fetches(d.chunk_ok(2, "tracker", 0.1))] == [4]
+    mixed = state(n_known=64, total=64, max_in_flight=4, per_source_in_flight=1, rng=random.Random(3))
+    got = sorted(f.index for f in fetches(mixed.set_sources([seed, src("p", range(64))], 0.0)))
+    assert got != [0, 1, 2, 3] and len(got) == 4
+
+
 def test_busy_cools_the_source_down_without_an_attempt() -> None:
     d = state(n_known=1, total=1, busy_backoff=0.5, peer_attempts=1)
     (f,) = fetches(d.set_sources([src("a")], 0.0))
@@ -243,6 +256,38 @@ def test_busy_cools_the_source_down_without_an_attempt() -> None:
     assert d.tick(1.4) == []
     (g,) = fetches(d.tick(1.5))
     assert g.peer_id == "a"
+
+
+def test_busy_with_our_fetches_in_flight_asks_again_when_one_ends() -> None:
+    """A lone seed whose slots hold our other fetches (and another download's): no
+    backoff; the refused chunk goes out again as soon as one of ours there ends."""
+    d = state(n_known=5, total=8, max_in_flight=4, per_source_in_flight=1, busy_backoff=0.5)
+    seed = Source("tracker", "t:7400", None, seed=True)
+    got = fetches(d.set_sources([seed], 0.0))
+    assert len(got) == 4
+    refused, others = got[0], got[1:]
+    assert d.chunk_failed(refused.index, "tracker", "busy", 0.01) == []  # full: nothing more now
+    assert d.next_deadline() == 10.0  # no backoff timer, only the fetch deadlines
+    assert d.tick(0.02) == []
+    again = fetches(d.chunk_ok(others[0].index, "tracker", 0.03))
+    assert len(again) == 2 and refused.index in {f.index for f in again}  # the freed slot and the refused one
+    assert len(d.in_flight) == 4
+
+
+def test_busy_with_our_fetches_in_flight_then_failing_still_frees_the_source() -> None:
+    d = state(n_known=2, total=2, max_in_flight=2, per_source_in_flight=1)
+    a, b = fetches(d.set_sources([Source("tracker", "t:7400", None, seed=True)], 0.0))
+    assert d.chunk_failed(a.index, "tracker", "busy", 0.1) == []
+    got = fetches(d.chunk_failed(b.index, "tracker", "timeout", 0.2))
+    assert sorted(f.index for f in got) == [0, 1]
+
+
+def test_a_busy_ordinary_peer_cools_down_even_with_our_fetches_in_flight() -> None:
+    d = state(n_known=4, total=4, max_in_flight=2, per_source_in_flight=2, busy_backoff=0.5)
+    a, b = fetches(d.set_sources([src("p")], 0.0))
+    assert d.chunk_failed(a.index, "p", "busy", 0.1) == []
+    assert fetches(d.chunk_ok(b.index, "p", 0.2)) == []  # still cooling down
+    assert len(fetches(d.tick(0.6))) == 2
 
 
 def test_endless_busy_ends_at_the_origin() -> None:

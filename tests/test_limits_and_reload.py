@@ -188,3 +188,42 @@ async def test_without_a_budget_the_origin_is_asked_in_parallel(tmp_path, nurser
             await d.wait()
     assert origin.max_streaming > 1  # so the test above measures the budget, not luck
     nursery.cancel_scope.cancel()
+
+
+async def test_direct_io_off_serves_from_the_page_cache(tmp_path, nursery):
+    """direct_io = false (slow network disks): the store keeps the page cache, chunks go
+    out by sendfile, and a download through such a node is whole all the same."""
+    blob = make_blob(3 * 4 * MiB + 5, seed=43)
+    origin, node, spec, _ = await _seeded_node(tmp_path, nursery, blob, direct_io=False)
+    assert node.store.direct_io is False
+    taker, _ = await start_peer(nursery, PeerConfig(listen="127.0.0.1:0", data_dir=str(tmp_path / "t")))
+    assert taker.store.direct_io is True
+    with trio.fail_after(30):
+        cmap = await taker.start_download(spec, nodes=[node.advertise]).wait()
+    assert [await taker.store.read(n) for n in cmap.chunks] == [await node.store.read(n) for n in cmap.chunks]
+    assert b"".join([await taker.store.read(n) for n in cmap.chunks]) == blob
+    nursery.cancel_scope.cancel()
+
+
+async def test_node_download_hashes_chunks_that_land_in_turn_without_reading_them_back(tmp_path, nursery):
+    """A --node download checks the blob's sha256 itself; chunks come lowest index first
+    from a lone node, so most are hashed from their fetch buffers and few read back."""
+    blob = make_blob(12 * 4 * MiB + 7, seed=44)
+    origin, node, spec, _ = await _seeded_node(tmp_path, nursery, blob)
+    taker, _ = await start_peer(nursery, PeerConfig(listen="127.0.0.1:0", data_dir=str(tmp_path / "t"),
+                                                    wire_compression="off"))
+    read_back = []
+    real_feed = taker.store.feed
+
+    async def counting_feed(name, hasher):  # type: ignore[no-untyped-def]
+        read_back.append(name)
+        await real_feed(name, hasher)
+
+    taker.store.feed = counting_feed  # type: ignore[method-assign]
+    with trio.fail_after(30):
+        d = taker.start_download(spec, nodes=[node.advertise])
+        cmap = await d.wait()
+    assert d.mode == "nodes" and cmap.digest == sha256_digest(blob)
+    assert b"".join([await taker.store.read(n) for n in cmap.chunks]) == blob
+    assert len(read_back) < cmap.n_chunks // 2, (len(read_back), cmap.n_chunks)
+    nursery.cancel_scope.cancel()

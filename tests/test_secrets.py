@@ -56,3 +56,24 @@ async def test_planted_credentials_appear_nowhere(tmp_path, nursery):
         root.removeHandler(handler)
         root.setLevel(old_level)
     nursery.cancel_scope.cancel()
+
+
+def test_httpx_request_lines_only_at_debug() -> None:
+    """httpx logs every request at info (a peer's map polls and announces): quiet unless
+    the operator asks for debug."""
+    import logging
+
+    from p2pdist.cli.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging("info")
+        assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+        assert logging.getLogger("p2pdist.peer").isEnabledFor(logging.INFO)
+        setup_logging("debug")
+        assert logging.getLogger("httpx").isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        logging.getLogger("httpx").setLevel(logging.NOTSET)

@@ -35,3 +35,6 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))
+    # httpx logs every request at info: a peer's map polls and announces are ~100 lines
+    # per GiB downloaded, each formatted and written on the download's control loop
+    logging.getLogger("httpx").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)

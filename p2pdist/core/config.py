@@ -35,6 +35,7 @@ class TrackerConfig:
     advertise: str | None = None  # host:port peers use to fetch chunks from the tracker (its seed role)
     data_dir: str = "/var/lib/p2pdist/tracker"
     capacity: int | None = field(default=None, metadata={"size": True})
+    direct_io: bool = True  # chunk bytes past the page cache (storage/direct.py)
     topology: str = field(default="swarm", metadata=_choice(*TOPOLOGIES))
     fanout: int = 4  # tree: children per parent
     swarm_size: int = 8  # swarm: neighbours handed to a peer
@@ -75,6 +76,7 @@ class PeerConfig:
     trackers: tuple[str, ...] = ()  # tracker base URLs; empty = no swarm, back-to-source only
     data_dir: str = "/var/lib/p2pdist/peer"
     capacity: int | None = field(default=None, metadata={"size": True})
+    direct_io: bool = True  # chunk bytes past the page cache (storage/direct.py)
     peer_id: str | None = None
     zone: str = ""
     # Few transfers at a time, each fast: a chunk a peer just received is passed on

@@ -62,8 +62,11 @@ Where a chunk goes (the rule, in order):
   serve it for ``fallback_wait`` seconds; it never counts in availability.
 
 Which chunks go first among peer-fetchable ones is :func:`select_chunks` with the
-download's ``policy``; origin-bound chunks go lowest index first, as callers stream in
-order. Origin-bound chunks are scheduled before peer-fetchable ones.
+download's ``policy`` — unless every source that could take a fetch may hold anything
+(``have`` None: the seed, ``--node`` peers): availability then says nothing, so they go
+lowest index first, as callers stream in order (a lone peer behind the seed picked at
+random among the chunks the seed was ahead by, and its in-order reader, dockerd, waited
+for the gaps). Origin-bound chunks go lowest index first too. Origin-bound chunks are scheduled before peer-fetchable ones.
 
 What a failure does to its source:
 
@@ -73,7 +76,13 @@ What a failure does to its source:
 - ``missing`` — the source is assumed not to hold that chunk until its next ``have``
   update: a changed ``have`` in :meth:`set_sources`, or any :meth:`set_sources` for a
   source of unknown ``have`` (the announce answer is the only news about it).
-- ``busy`` — the source is skipped for ``busy_backoff`` seconds; no strike.
+- ``busy`` — the source is skipped for ``busy_backoff`` seconds; no strike. But a
+  *seed* refusing while fetches of this download are still in flight there is full
+  with them (or with them and this peer's other downloads): it is asked again as soon
+  as one of them ends. A lone seed refusing one fetch must not idle the whole download
+  for the backoff (0.5 s of a cold ``docker pull``, whose config blob takes one of the
+  seed's slots). Ordinary peers keep the backoff as tuned in bench/lab.py (bench/sim.py
+  sees no difference either way).
 - a failed origin fetch puts the chunk back and pauses the origin for
   ``origin_retry`` seconds. The engine never gives up on its own: the driver sees the
   origin's exception (401, 404 …) and decides when the task has failed;
@@ -227,6 +236,7 @@ class DownloadState:
         self._strikes: dict[str, int] = {}
         self._missing: dict[str, set[int]] = {}
         self._cooldown: dict[str, float] = {}
+        self._full: set[str] = set()  # refused busy with our fetches in flight: until one ends
         self._avail: dict[int, int] = {}
 
         self._attempts: dict[int, int] = {}
@@ -389,6 +399,7 @@ class DownloadState:
             return self._schedule(now)
 
         # Source penalties apply even to a stale report: it is still evidence.
+        seed_busy = reason == "busy" and source in self._sources and self._sources[source].seed
         if reason == "corrupt":
             self.bad_sources[source] = self.bad_sources.get(source, 0) + 1
             self._drop(source)
@@ -399,10 +410,12 @@ class DownloadState:
         elif reason == "missing":
             self._missing.setdefault(source, set()).add(index)
         elif reason == "busy":
-            self._cooldown[source] = now + self.busy_backoff
+            if seed_busy and self._load.get(source, 0) > 0:
+                self._full.add(source)
+            else:
+                self._cooldown[source] = now + self.busy_backoff
         # "missing" is no attempt: the source simply lacks it (or, the seed, passed it on
         # to another peer), and the starvation clock covers a chunk that nobody holds.
-        seed_busy = reason == "busy" and source in self._sources and self._sources[source].seed
         if current and not seed_busy and reason != "missing":
             counter = self._busy if reason == "busy" else self._attempts
             counter[index] = counter.get(index, 0) + 1
@@ -455,6 +468,7 @@ class DownloadState:
         if src is None:
             self._origin_load -= 1
         else:
+            self._full.discard(src)  # one of ours there ended: a slot of its is free
             self._load[src] -= 1
             if not self._load[src]:
                 del self._load[src]
@@ -495,10 +509,10 @@ class DownloadState:
         pending = self._pending
         if pending:
             live = self._live_sources()
-            ready = [s for s in live if s.peer_id not in self._cooldown]
+            ready = [s for s in live if s.peer_id not in self._cooldown and s.peer_id not in self._full]
 
             # Starvation clock: runs while no live source could serve a chunk. A source
-            # cooling down after "busy" still counts (it is alive and will be asked
+            # cooling down after "busy" (or full) still counts (it is alive and will be asked
             # again); busy refusals go to the origin only if busy_attempts is set.
             self._clock_uncovered(self._starving_since, self._uncovered(pending, live), now)
             self._clock_uncovered(self._primary_starving_since,
@@ -581,6 +595,7 @@ class DownloadState:
         exhausted = self._exhausted() if self.origin_fallback else set()
         allowed = self._fallback_allowed(now) if any(s.fallback for s in ready) else set()
         cap = self.source_cap(sum(1 for s in ready if not s.fallback))
+        policy = "sequential" if all(s.have is None for s in ready) else self.policy
         while self._pending and len(self._in_flight) < self.max_in_flight:
             spare = [s for s in ready if self._load.get(s.peer_id, 0) < cap]
             candidates: set[int] = set()
@@ -596,7 +611,7 @@ class DownloadState:
                 self._avail,
                 self.max_in_flight - len(self._in_flight),
                 self._rng,
-                policy=self.policy,
+                policy=policy,
             )
             assigned = 0
             for i in picks:

@@ -1,4 +1,6 @@
-"""The chunk fast path, server side: ``GET /chunks/<blake3>`` answered with ``os.sendfile``.
+"""The chunk fast path, server side: ``GET /chunks/<blake3>`` answered with the chunk's file
+(the HTTP server reads the store's ``O_DIRECT`` fd into a reused buffer, or uses
+``os.sendfile`` when the store keeps the page cache).
 
 - 404 ``CHUNK_UNKNOWN`` when the chunk is not held; 400 ``NAME_INVALID`` for a malformed name.
 - 503 ``BUSY`` when every upload slot is taken, so the asker goes to another neighbour
@@ -22,6 +24,7 @@ from p2pdist.core.errors import Busy
 from p2pdist.net.http import FileBody, Handler, Request, Response
 from p2pdist.net.throttle import TokenBucket
 from p2pdist.storage.chunkstore import ChunkStore
+from p2pdist.storage.direct import ALIGN, AlignedBuffers, aligned_buffer, read_span
 
 SAMPLE = 64 * 1024
 MIN_RATIO = 1.25
@@ -45,15 +48,24 @@ class UploadSlots:
         self.in_use -= 1
 
 
+# The fd may be the store's O_DIRECT one: reads go through read_span into aligned buffers,
+# reused for the per-chunk sample (a fresh mapping each is fresh memory each).
+_samples = AlignedBuffers(SAMPLE + 2 * ALIGN, keep=4)
+
+
 def _compressible(fd: int, size: int) -> bool:
-    sample = os.pread(fd, min(SAMPLE, size), 0)
-    if len(sample) < 4096:
-        return False
-    return len(zstandard.ZstdCompressor(level=1).compress(sample)) * MIN_RATIO <= len(sample)
+    buf = _samples.get()
+    try:
+        sample = read_span(fd, buf, 0, min(SAMPLE, size))
+        if len(sample) < 4096:
+            return False
+        return len(zstandard.ZstdCompressor(level=1).compress(sample)) * MIN_RATIO <= len(sample)
+    finally:
+        _samples.put(buf)
 
 
 def _compress_file(fd: int, size: int) -> bytes:
-    data = os.pread(fd, size, 0)
+    data = read_span(fd, aligned_buffer(size + 2 * ALIGN), 0, size)
     return zstandard.ZstdCompressor(level=1, write_content_size=True).compress(data)
 
 

@@ -18,6 +18,9 @@ Contracts:
   a verified client certificate), anything else as plain HTTP, as dockerd, containerd and
   Prometheus speak to the mirror and the probes. File bodies then go out in pieces through
   the TLS stream instead of ``os.sendfile``, still paced by their throttle.
+- A file body whose fd is ``O_DIRECT`` (the chunk store's, storage.direct) is read into the
+  server's reused aligned buffers, a chunk per worker-thread call, and sent from there:
+  ``os.sendfile`` would pull it through the page cache the store avoids.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from p2pdist.core.errors import (
 )
 from p2pdist.net.throttle import TokenBucket
 from p2pdist.net.tls import TLS_HANDSHAKE, PrefixedStream, client_certificate
+from p2pdist.storage.direct import ALIGN, AlignedBuffers, is_direct, read_span
 
 log = logging.getLogger("p2pdist.http")
 
@@ -55,6 +59,8 @@ IDLE_TIMEOUT = 120.0
 RECV_SIZE = 256 * 1024
 HANDSHAKE_TIMEOUT = 10.0
 TLS_FILE_PIECE = 1024 * 1024  # a file body's read size over TLS (256 KiB when throttled)
+FILE_PIECE = 4 * 1024 * 1024  # an O_DIRECT file body's read size: a whole chunk per thread hop
+FILE_BUFFERS = 4  # read buffers a server keeps for reuse (FILE_PIECE each): the default upload slots
 
 
 class Request:
@@ -221,13 +227,21 @@ def _peer_of(sock: trio.socket.SocketType) -> tuple[str, int] | None:
     return peer[0], peer[1]
 
 
+def _file_buffers() -> AlignedBuffers:
+    """Read buffers for file bodies that do not go by sendfile, shared by a server's
+    connections (fresh memory per response is what O_DIRECT avoids)."""
+    return AlignedBuffers(FILE_PIECE + 2 * ALIGN, keep=FILE_BUFFERS)
+
+
 class _ServerConn:
     """One connection's request loop. ``sock``: the raw socket for ``os.sendfile``, None
     when ``stream`` is not the socket itself (TLS); ``initial``: bytes already read off it."""
 
     def __init__(self, stream: trio.abc.Stream, handler: Handler, *, sock: trio.socket.SocketType | None,
-                 client: tuple[str, int] | None, client_cert: str | None = None, initial: bytes = b""):
+                 client: tuple[str, int] | None, client_cert: str | None = None, initial: bytes = b"",
+                 buffers: AlignedBuffers | None = None):
         self.stream = stream
+        self.buffers = buffers or _file_buffers()
         self.handler = handler
         self.sock = sock
         self.client = client
@@ -397,7 +411,7 @@ class _ServerConn:
         for piece in self.conn.send_with_data_passthrough(h11.Data(data=_Placeholder(body.count))) or []:
             if not isinstance(piece, _Placeholder):
                 await self.stream.send_all(piece)
-            elif self.sock is not None:
+            elif self.sock is not None and not is_direct(body.fd):
                 await self._sendfile(self.sock, body)
             else:
                 await self._send_file_pieces(body)
@@ -421,27 +435,33 @@ class _ServerConn:
                 await body.throttle.consume(n)
 
     async def _send_file_pieces(self, body: FileBody) -> None:
-        """The file span read in pieces (in a thread: a cold page cache blocks) and sent
-        through the stream, which encrypts: ``os.sendfile`` would bypass TLS."""
+        """The file span read in pieces into a reused buffer (in a thread: a disk read
+        blocks) and sent through the stream: over TLS, which encrypts (``os.sendfile``
+        would bypass it), or from an ``O_DIRECT`` fd (sendfile would fill the page cache)."""
         offset, remaining = body.offset, body.count
         capped = body.throttle is not None and body.throttle.rate is not None
-        piece = 256 * 1024 if capped else TLS_FILE_PIECE
-        while remaining > 0:
-            data = await trio.to_thread.run_sync(os.pread, body.fd, min(remaining, piece), offset)
-            if not data:
-                raise _Close()  # the file shrank under us: cut the connection
-            await self.stream.send_all(data)
-            offset += len(data)
-            remaining -= len(data)
-            if body.throttle is not None:
-                await body.throttle.consume(len(data))
+        piece = 256 * 1024 if capped else FILE_PIECE if self.sock is not None else TLS_FILE_PIECE
+        buf = self.buffers.get()
+        try:
+            while remaining > 0:
+                data = await trio.to_thread.run_sync(read_span, body.fd, buf, offset, min(remaining, piece))
+                if not data:
+                    raise _Close()  # the file shrank under us: cut the connection
+                await self.stream.send_all(data)
+                offset += len(data)
+                remaining -= len(data)
+                if body.throttle is not None:
+                    await body.throttle.consume(len(data))
+        finally:
+            self.buffers.put(buf)
 
 
 class _Close(Exception):
     pass
 
 
-async def _serve_sniffed(stream: trio.SocketStream, handler: Handler, tls: ssl.SSLContext) -> None:
+async def _serve_sniffed(stream: trio.SocketStream, handler: Handler, tls: ssl.SSLContext,
+                         buffers: AlignedBuffers) -> None:
     """One connection on a port that speaks TLS and plain HTTP: its first byte decides."""
     client = _peer_of(stream.socket)
     first = b""
@@ -454,7 +474,8 @@ async def _serve_sniffed(stream: trio.SocketStream, handler: Handler, tls: ssl.S
         await trio.aclose_forcefully(stream)
         return
     if first[0] != TLS_HANDSHAKE:
-        await _ServerConn(stream, handler, sock=stream.socket, client=client, initial=first).run()
+        await _ServerConn(stream, handler, sock=stream.socket, client=client, initial=first,
+                          buffers=buffers).run()
         return
     tls_stream = trio.SSLStream(PrefixedStream(stream, first), tls, server_side=True, https_compatible=True)
     with trio.move_on_after(HANDSHAKE_TIMEOUT) as scope:
@@ -469,7 +490,7 @@ async def _serve_sniffed(stream: trio.SocketStream, handler: Handler, tls: ssl.S
         await trio.aclose_forcefully(stream)
         return
     await _ServerConn(tls_stream, handler, sock=None, client=client,
-                      client_cert=client_certificate(tls_stream)).run()
+                      client_cert=client_certificate(tls_stream), buffers=buffers).run()
 
 
 async def serve_http(handler: Handler, host: str, port: int, *, tls: ssl.SSLContext | None = None,
@@ -479,12 +500,14 @@ async def serve_http(handler: Handler, host: str, port: int, *, tls: ssl.SSLCont
     a connection opening with a TLS handshake is served over TLS, any other as plain HTTP."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
+    buffers = _file_buffers()
 
     async def on_connection(stream: trio.SocketStream) -> None:
         if tls is None:
-            await _ServerConn(stream, handler, sock=stream.socket, client=_peer_of(stream.socket)).run()
+            await _ServerConn(stream, handler, sock=stream.socket, client=_peer_of(stream.socket),
+                              buffers=buffers).run()
         else:
-            await _serve_sniffed(stream, handler, tls)
+            await _serve_sniffed(stream, handler, tls, buffers)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, on_connection, listeners)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import mmap
 import random
 import ssl
 import time
@@ -53,9 +54,12 @@ from p2pdist.net.http import FileBody
 from p2pdist.net.observe import Metrics
 from p2pdist.peer.trackerclient import TrackerClient
 from p2pdist.storage.chunkstore import ChunkStore
+from p2pdist.storage.direct import aligned_buffer
 from p2pdist.wire.tracker import MapProgress, Neighbour, decode_have
 
 log = logging.getLogger("p2pdist.download")
+
+IN_TURN_WAIT = 0.2  # seconds a landed chunk waits for its turn in a --node sha256 check
 
 
 @dataclass
@@ -70,21 +74,22 @@ class DownloadStats:
 
 
 class BufferPool:
-    """Reused chunk buffers: the peer's memory for transfers is ``count × chunk_size``."""
+    """Reused chunk buffers: the peer's memory for transfers is ``count × chunk_size``.
+    Page aligned, so the store writes them O_DIRECT (storage.direct)."""
 
     def __init__(self, count: int):
-        self._free: list[bytearray] = []
+        self._free: list[mmap.mmap] = []
         self._sem = trio.Semaphore(count)
 
-    async def get(self, size: int) -> bytearray:
+    async def get(self, size: int) -> mmap.mmap:
         await self._sem.acquire()
         while self._free:
             buf = self._free.pop()
             if len(buf) >= size:
                 return buf
-        return bytearray(size)
+        return aligned_buffer(size)
 
-    def put(self, buf: bytearray) -> None:
+    def put(self, buf: mmap.mmap) -> None:
         self._free.append(buf)
         self._sem.release()
 
@@ -128,6 +133,11 @@ class Download:
         self.ended: float | None = None
         self._changed = trio.Event()
         self._neighbours: list[Source] | None = None
+        # A --node download checks the blob's sha256 itself, in chunk order (_check_sha256);
+        # a chunk that lands in its turn is hashed from its fetch buffer, not read back.
+        self._sha: Any = None
+        self._sha_next = 0
+        self._sha_lock = trio.Lock()
         self._events_send, self._events_recv = trio.open_memory_channel[Any](1000)
 
     # -- what readers and announcers see ----------------------------------------------------
@@ -225,8 +235,9 @@ class Download:
             yield data[start:stop]
 
     async def iter_files(self, offset: int = 0, length: int | None = None) -> AsyncIterator[FileBody]:
-        """As :meth:`iter_bytes`, as file spans for ``os.sendfile``: no byte is copied
-        through Python. The receiver owns each span's fd (the HTTP server closes it)."""
+        """As :meth:`iter_bytes`, as file spans the HTTP server sends itself (from a reused
+        buffer for the store's O_DIRECT files, else by ``os.sendfile``): no bytes object
+        is made. The receiver owns each span's fd (the HTTP server closes it)."""
         async for name, start, stop in self.iter_spans(offset, length):
             fd, _ = self.env.store.open_fd(name)  # an open fd outlives an eviction of its file
             yield FileBody(fd, start, stop - start)
@@ -300,12 +311,18 @@ class Download:
         blob ``cmap.digest`` names. For maps nobody we trust sealed (a ``--node`` peer's):
         every chunk matching its listed BLAKE3 proves nothing if the list itself lies."""
         sha = hashlib.sha256()
-        with self.env.store.pinned(cmap.chunks):
-            for index, name in enumerate(cmap.chunks):
-                while index not in self.held:
-                    await self.wait_changed()
-                data = await self.env.store.read(name)
-                await trio.to_thread.run_sync(sha.update, data, limiter=self.env.limiter)
+        self._sha, self._sha_next = sha, 0
+        try:
+            with self.env.store.pinned(cmap.chunks):
+                for index, name in enumerate(cmap.chunks):
+                    while index not in self.held and self._sha_next <= index:
+                        await self.wait_changed()
+                    async with self._sha_lock:
+                        if self._sha_next == index:  # not hashed as it landed: read it back
+                            await self.env.store.feed(name, sha)
+                            self._sha_next = index + 1
+        finally:
+            self._sha = None
         if sha.hexdigest() != cmap.digest.hex:
             raise IntegrityError(f"the chunk map from --node peers for {cmap.digest} lists chunks "
                                  f"whose bytes hash to sha256:{sha.hexdigest()}")
@@ -349,7 +366,7 @@ class Download:
             self._notify()
 
         cmap = await seed_from_origin(env.origin, self.spec, env.store, on_start=on_start,
-                                      on_chunk=on_chunk, limiter=env.limiter)
+                                      on_chunk=on_chunk)
         self.total = cmap.n_chunks
         await self._seal(cmap)
 
@@ -511,7 +528,7 @@ class Download:
             return self.chunk_size
         return chunk_span(index, self.size, self.chunk_size)[1]
 
-    async def _verify_and_store(self, index: int, buf: bytearray, n: int, encoding: str | None) -> int:
+    async def _verify_and_store(self, index: int, buf: mmap.mmap, n: int, encoding: str | None) -> int:
         """Check chunk ``index`` against its BLAKE3 and store it: one worker-thread call
         (the store hashes and writes together) for plain bodies; zstd bodies are first
         decompressed, capped at the chunk's length. Raises IntegrityError."""
@@ -533,6 +550,23 @@ class Download:
         await self.env.store.put(name, view)
         return len(view)
 
+    async def _hash_in_turn(self, index: int, data: memoryview) -> None:
+        """A --node download's sha256 check takes chunk ``index`` (verified and stored)
+        straight from its fetch buffer if it is the chunk the check needs next, waiting a
+        moment for the few before it that are landing too (fetches go lowest index
+        first, and finish in any order); else the check reads it back from the store
+        when its turn comes."""
+        if self._sha is None or not self._sha_next <= index < self._sha_next + self.env.config.max_in_flight:
+            return
+        with trio.move_on_after(IN_TURN_WAIT):
+            while self._sha is not None and self._sha_next < index:
+                await self.wait_changed()
+        async with self._sha_lock:
+            if self._sha is not None and self._sha_next == index:
+                await trio.to_thread.run_sync(self._sha.update, data, limiter=self.env.limiter)
+                self._sha_next = index + 1
+                self._notify()
+
     async def _fetch_peer(self, act: Fetch, scope: trio.CancelScope) -> None:
         env = self.env
         expected = self._expected_len(act.index)
@@ -545,6 +579,8 @@ class Download:
                         act.addr, self.hashes[act.index], memoryview(buf)[:expected],
                         accept_zstd=env.config.wire_compression == "auto")
                     got = await self._verify_and_store(act.index, buf, n, enc)
+                    if enc in (None, "identity"):  # else the buffer holds the compressed bytes
+                        await self._hash_in_turn(act.index, memoryview(buf)[:got])
                 except IntegrityError as exc:
                     result = ("failed", (act.index, act.peer_id, "corrupt", exc))
                     env.metrics.chunks_failed.labels("corrupt").inc()
@@ -586,6 +622,7 @@ class Download:
                     self.stats.bytes_from_origin += n
                     env.metrics.bytes_from_origin.inc(n)
                     await self._verify_and_store(index, buf, n, None)
+                    await self._hash_in_turn(index, memoryview(buf)[:n])
                 except P2PError as exc:
                     result = ("failed", (index, None, "error", exc))
                     env.metrics.chunks_failed.labels("origin").inc()

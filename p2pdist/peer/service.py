@@ -281,7 +281,7 @@ def _valid_node(n: str) -> bool:
 async def serve(config: PeerConfig, *, origin: Origin | None = None,
                 task_status: trio.TaskStatus[Peer] = trio.TASK_STATUS_IGNORED) -> None:
     """Run a peer until cancelled; ``task_status.started(peer)`` once it listens."""
-    store = await ChunkStore.open(config.data_dir, capacity=config.capacity)
+    store = await ChunkStore.open(config.data_dir, capacity=config.capacity, direct_io=config.direct_io)
     own_origin = origin is None
     origin = origin or HttpOrigin()
     host, port = split_hostport(config.listen)

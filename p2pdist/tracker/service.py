@@ -382,7 +382,7 @@ async def serve(config: TrackerConfig, *, origin: Origin | None = None,
                 task_status: trio.TaskStatus[Tracker] = trio.TASK_STATUS_IGNORED) -> None:
     """Run a tracker until cancelled; ``task_status.started(tracker)`` once it listens
     (``tracker.advertise`` holds the bound address)."""
-    store = await ChunkStore.open(config.data_dir, capacity=config.capacity)
+    store = await ChunkStore.open(config.data_dir, capacity=config.capacity, direct_io=config.direct_io)
     own_origin = origin is None
     origin = origin or HttpOrigin()
     host, port = split_hostport(config.listen)
