@@ -327,6 +327,18 @@ def shape(ns: str, dev: str, rate: int) -> None:
 # -- link counters ----------------------------------------------------------------------------
 
 
+CPU_KEY = "cpu:"  # LinkSampler's machine-CPU entry (no interface name has a colon)
+
+
+def cpu_busy(samples: list[tuple[float, dict[str, tuple[int, int]]]], t_end: float) -> float | None:
+    """Fraction of the machine's CPU time that was busy from the first sample to
+    ``t_end`` (1.0 = every core busy all the time)."""
+    marks = [d[CPU_KEY] for t, d in samples if CPU_KEY in d and t <= t_end]
+    if len(marks) < 2 or marks[-1][1] == marks[0][1]:
+        return None
+    return round((marks[-1][0] - marks[0][0]) / (marks[-1][1] - marks[0][1]), 3)
+
+
 class LinkSampler:
     """Wire bytes of every switch-side veth every ``interval`` s (rx there = the host's
     upload, tx there = the host's download)."""
@@ -351,6 +363,11 @@ class LinkSampler:
                 name, _, rest = line.partition(":")
                 f = rest.split()
                 out[name.strip()] = (int(f[0]), int(f[8]))
+        # the whole machine's CPU (jiffies: busy, total), under a name no interface has:
+        # 18 processes share 2 cores, and a saturated box is not a protocol result
+        with open("/proc/stat") as fh:
+            f = [int(x) for x in fh.readline().split()[1:9]]
+        out[CPU_KEY] = (sum(f) - f[3] - f[4], sum(f))
         return out
 
     def _run(self) -> None:
@@ -857,6 +874,7 @@ def summarize(res: SystemResult, t_min: float, size: int, rate: int, seed_host: 
         "uploaded": res.uploaded, "seed_uploaded": res.seed_uploaded,
         "seed_host": seed_host,
         "seed_link_util": round(seed_wire * 8 / (rate * t_last), 3) if t_last else None,
+        "cpu_busy": cpu_busy(res.timeline, t_last if t_last else float("inf")),
         "wire": res.wire,
         "notes": res.notes,
     }
@@ -888,12 +906,12 @@ def analyse_timeline(res: SystemResult, lab: Lab, t_min: float) -> dict[str, Any
 
 
 def print_table(summary: dict[str, dict[str, Any]]) -> None:
-    log(f"{'system':15} {'first':>7} {'median':>7} {'last':>7} {'T_min':>7} {'last/T':>7} {'med/T':>7} {'origin/F':>8} verified")
+    log(f"{'system':15} {'first':>7} {'median':>7} {'last':>7} {'T_min':>7} {'last/T':>7} {'med/T':>7} {'origin/F':>8} {'cpu':>5} verified")
     for name, r in summary.items():
         def f(x: Any) -> str:
             return f"{x:7.2f}" if isinstance(x, float | int) and x is not None else f"{'-':>7}"
         log(f"{name:15} {f(r['t_first'])} {f(r['t_median'])} {f(r['t_last'])} {f(r['t_min'])} "
-            f"{f(r['last_over_tmin'])} {f(r['median_over_tmin'])} {r['origin_over_blob']:8.3f} {r['verified']}")
+            f"{f(r['last_over_tmin'])} {f(r['median_over_tmin'])} {r['origin_over_blob']:8.3f} {r.get('cpu_busy') or 0:5.2f} {r['verified']}")
 
 
 def plot(summary: dict[str, dict[str, Any]], t_min: float, path: Path, title: str) -> bool:
@@ -969,14 +987,14 @@ def write_results() -> None:
         lines.append(f"Links: {r.get('link', 'tbf')}, MTU {r.get('mtu', 1500)}, tbf latency {r.get('tbf_latency', '100ms')}; "
                      f"p2pdist: {r.get('src', '?')}; T_min {r['t_min']:.2f} s; machine nproc {r.get('nproc')}.")
         lines.append("")
-        lines.append("| system | first | median | last | T_min | last/T_min | median/T_min | origin/F | seed link util | done | verified |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        lines.append("| system | first | median | last | T_min | last/T_min | median/T_min | origin/F | seed link util | CPU busy | done | verified |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for name, s in r["systems"].items():
             def f(x: Any, d: int = 2) -> str:
                 return f"{x:.{d}f}" if isinstance(x, int | float) else "—"
             lines.append(f"| {name} | {f(s['t_first'])} | {f(s['t_median'])} | {f(s['t_last'])} | {f(s['t_min'])} | "
                          f"{f(s['last_over_tmin'])} | {f(s['median_over_tmin'])} | {f(s['origin_over_blob'], 3)} | "
-                         f"{f(s.get('seed_link_util'))} | {s['hosts_finished']}/{s['hosts']} | {'yes' if s['verified'] else 'NO'} |")
+                         f"{f(s.get('seed_link_util'))} | {f(s.get('cpu_busy'))} | {s['hosts_finished']}/{s['hosts']} | {'yes' if s['verified'] else 'NO'} |")
         if r.get("plot"):
             lines.append("")
             lines.append(f"![finish times]({r['plot']})")
