@@ -364,10 +364,11 @@ class LinkSampler:
                 f = rest.split()
                 out[name.strip()] = (int(f[0]), int(f[8]))
         # the whole machine's CPU (jiffies: busy, total), under a name no interface has:
-        # 18 processes share 2 cores, and a saturated box is not a protocol result
+        # 18 processes share 2 cores, and a saturated box is not a protocol result.
+        # Niced time (f[1]) counts as idle: background work yields it to the lab.
         with open("/proc/stat") as fh:
             f = [int(x) for x in fh.readline().split()[1:9]]
-        out[CPU_KEY] = (sum(f) - f[3] - f[4], sum(f))
+        out[CPU_KEY] = (sum(f) - f[1] - f[3] - f[4], sum(f))
         return out
 
     def _run(self) -> None:
