@@ -481,6 +481,16 @@ def metric(text: str, name: str) -> float:
     return total
 
 
+def labelled(text: str, name: str, label: str) -> dict[str, float]:
+    """Sum of metric ``name`` per value of ``label`` (e.g. requests per route)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'{label}="' in line:
+            value = line.split(f'{label}="', 1)[1].split('"', 1)[0]
+            out[value] = out.get(value, 0.0) + float(line.split()[-1])
+    return out
+
+
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -497,6 +507,7 @@ class SystemResult:
     progress: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # p2pdist: (t, chunks held)
     notes: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    requests: dict[str, int] = field(default_factory=dict)  # p2pdist: requests served, by route
 
 
 class Runner:
@@ -632,18 +643,28 @@ http {{
 
         # what each host uploaded, then independent verification
         uploaded, verified = [], []
+        requests: dict[str, float] = {}  # what the hosts' servers answered, by route; refusals by reason
         for h in lab.hosts:
             try:
                 _, m = in_ns(h.name, http, "GET", f"http://{h.ip}:{PEER_PORT}/metrics")
                 uploaded.append(int(metric(m, "p2pdist_bytes_served")))
             except OSError:
                 uploaded.append(-1)
+                continue
+            for k, v in labelled(m, "p2pdist_request_seconds_count", "route").items():
+                requests[f"peers {k}"] = requests.get(f"peers {k}", 0) + v
+            for metric_name, what in (("p2pdist_chunk_refusals_total", "refused"), ("p2pdist_chunks_failed_total", "failed")):
+                for k, v in labelled(m, metric_name, "reason").items():
+                    requests[f"peers' asks {what}: {k}"] = requests.get(f"peers' asks {what}: {k}", 0) + v
         _, tm = in_ns(lab.tracker.name, http, "GET", f"{tracker_url}/metrics")
+        for k, v in labelled(tm, "p2pdist_request_seconds_count", "route").items():
+            requests[f"tracker {k}"] = v
         seed_up = int(metric(tm, "p2pdist_bytes_served"))
         origin_bytes = self.origin_bytes_since(off)
         for i, h in enumerate(lab.hosts):
             verified.append(finish[i] is not None and in_ns(h.name, self._fetch_sha256, h) == self.digest)
         res = SystemResult(system, finish, verified, origin_bytes, uploaded, seed_up, notes=notes, progress=progress,
+                           requests={k: int(v) for k, v in sorted(requests.items())},
                            env={**{k: v for k, v in env.items() if k.startswith("P2PDIST_")},
                                 **{f"tracker:{k}": v for k, v in tenv.items() if k.startswith("P2PDIST_") and env.get(k) != v}})
         self._links(res, t0, t_end, seed=lab.tracker)
@@ -879,6 +900,8 @@ def summarize(res: SystemResult, t_min: float, size: int, rate: int, seed_host: 
         "wire": res.wire,
         "notes": res.notes,
     }
+    if res.requests:
+        out["requests"] = res.requests
     if res.env:
         out["env"] = res.env
     return out

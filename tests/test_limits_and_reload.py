@@ -10,11 +10,12 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 import trio
 
 from p2pdist.core.chunkmap import chunk_size_for
 from p2pdist.core.config import PeerConfig, TrackerConfig
-from p2pdist.core.errors import Busy
+from p2pdist.core.errors import Busy, ChunkUnknown
 from p2pdist.core.task import TaskSpec
 from p2pdist.net.chunkclient import ChunkClient
 from p2pdist.testing import StaticOrigin, make_blob, sha256_digest, start_cluster, start_peer
@@ -226,4 +227,28 @@ async def test_node_download_hashes_chunks_that_land_in_turn_without_reading_the
     assert d.mode == "nodes" and cmap.digest == sha256_digest(blob)
     assert b"".join([await taker.store.read(n) for n in cmap.chunks]) == blob
     assert len(read_back) < cmap.n_chunks // 2, (len(read_back), cmap.n_chunks)
+    nursery.cancel_scope.cancel()
+
+
+async def test_a_refusal_keeps_the_connection_for_the_next_ask(tmp_path, nursery):
+    """A 404 or 503 read to its end leaves a kept-alive connection usable: closing it made
+    every refused ask cost a new TCP connection on both sides (the lab's peers refuse
+    thousands of asks in a run)."""
+    blob = make_blob(2 * MiB, seed=44)
+    origin, node, spec, cmap = await _seeded_node(tmp_path, nursery, blob)
+    client = ChunkClient()
+    accepted: list[object] = []
+    real_connect = client._connect
+
+    async def counting_connect(addr: str):
+        accepted.append(addr)
+        return await real_connect(addr)
+
+    client._connect = counting_connect  # type: ignore[method-assign]
+    with pytest.raises(ChunkUnknown):
+        await client.fetch(node.advertise, "0" * 64, bytearray(MiB))
+    n, _ = await client.fetch(node.advertise, cmap.chunks[0], bytearray(4 * MiB))
+    assert n == cmap.span(0)[1]
+    assert len(accepted) == 1, "the refusal closed the connection"
+    await client.aclose()
     nursery.cancel_scope.cancel()

@@ -90,6 +90,11 @@ class ChunkClient:
                     raise Unavailable(f"peer {addr} broke the connection: {exc2}") from exc2
             ok = result[2]
             return result[0], result[1]
+        except P2PError as exc:
+            # a refusal (busy, missing …) read to its end leaves the connection reusable:
+            # closing it cost the next ask a TCP handshake and the server a new connection
+            ok = getattr(exc, "reusable", False)
+            raise
         finally:
             if ok and len(self._idle[addr]) < self._max_idle:
                 self._idle[addr].append(conn)

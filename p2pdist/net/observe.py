@@ -25,6 +25,8 @@ class Metrics:
         self.bytes_served = Counter("p2pdist_bytes_served", "Chunk bytes served to peers", registry=r)
         self.chunks_verified = Counter("p2pdist_chunks_verified", "Chunks whose BLAKE3 matched", registry=r)
         self.chunks_failed = Counter("p2pdist_chunks_failed", "Chunk fetches that failed", ["reason"], registry=r)
+        self.chunk_refusals = Counter("p2pdist_chunk_refusals", "Chunk asks a source refused (busy, missing)",
+                                      ["reason"], registry=r)
         self.back_to_source = Counter("p2pdist_back_to_source", "Chunks fetched back from the origin", registry=r)
         self.active_tasks = Gauge("p2pdist_active_tasks", "Downloads or seedings in progress", registry=r)
         self.upload_slots_in_use = Gauge("p2pdist_upload_slots_in_use", "Chunk uploads in progress", registry=r)

@@ -587,8 +587,10 @@ class Download:
                     log.warning("task %s: peer %s served a corrupt chunk %d: dropped", self.task_id, act.peer_id, act.index)
                 except ChunkUnknown as exc:
                     result = ("failed", (act.index, act.peer_id, "missing", exc))
+                    env.metrics.chunk_refusals.labels("missing").inc()
                 except Busy as exc:
                     result = ("failed", (act.index, act.peer_id, "busy", exc))
+                    env.metrics.chunk_refusals.labels("busy").inc()
                 except P2PError as exc:
                     result = ("failed", (act.index, act.peer_id, "error", exc))
                     env.metrics.chunks_failed.labels("error").inc()
