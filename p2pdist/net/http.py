@@ -385,23 +385,81 @@ class _ServerConn:
         elif isinstance(body, FileBody):
             await self._send_file_body(body)
         else:
-            sent = 0
+            sent = [0]
             try:
-                async for piece in body:
-                    if isinstance(piece, FileBody):
-                        try:
-                            await self._send_file_body(piece)
-                        finally:
-                            os.close(piece.fd)
-                        sent += piece.count
-                    elif piece:
-                        sent += len(piece)
-                        await self.send(h11.Data(data=piece))
+                await self._send_stream(body, sent)
             except P2PError as exc:
-                log.warning("streamed body failed after %d bytes: %s", sent, exc)
+                log.warning("streamed body failed after %d bytes: %s", sent[0], exc)
                 raise _Close() from exc
         await self.send(h11.EndOfMessage())
         return True
+
+    async def _send_stream(self, body: AsyncIterable[bytes | FileBody], sent: list[int]) -> None:
+        """A streamed body (a blob to dockerd: one file span per chunk). File spans that
+        must be read (``O_DIRECT``, TLS) are read one piece ahead of the socket: the next
+        piece comes off the disk while this one is sent, so neither waits for the other.
+        Two buffers: the reader refills one only once the sender has taken the next."""
+        bufs = [self.buffers.get(), self.buffers.get()]
+        send_ch, recv_ch = trio.open_memory_channel[tuple[Any, FileBody | None]](0)
+
+        async def read_ahead() -> None:
+            k = 0
+            async with send_ch:
+                async for piece in body:
+                    if not isinstance(piece, FileBody):
+                        if piece:
+                            await send_ch.send((piece, None))
+                        continue
+                    if self.sock is not None and not is_direct(piece.fd):
+                        await send_ch.send((piece, piece))  # sendfile; the sender closes the fd
+                        continue
+                    try:
+                        step = self._file_piece(piece)
+                        offset, end = piece.offset, piece.offset + piece.count
+                        while offset < end:
+                            want = min(step, end - offset)
+                            data = await trio.to_thread.run_sync(read_span, piece.fd, bufs[k % 2], offset, want)
+                            if len(data) < want:
+                                raise _Close()  # the file shrank under us: cut the connection
+                            k += 1
+                            offset += want
+                            await send_ch.send((data, piece))
+                    finally:
+                        os.close(piece.fd)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_ahead)
+                async with recv_ch:
+                    async for data, piece in recv_ch:
+                        if isinstance(data, FileBody):
+                            try:
+                                await self._send_file_body(data)
+                            finally:
+                                os.close(data.fd)
+                        elif piece is None:
+                            await self.send(h11.Data(data=data))
+                        else:
+                            await self._send_passthrough(data)
+                            if piece.throttle is not None:
+                                await piece.throttle.consume(len(data))
+                        sent[0] += len(data) if not isinstance(data, FileBody) else data.count
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:  # the reader's or the sender's failure, as itself
+                raise group.exceptions[0] from None
+            raise
+        finally:
+            for b in bufs:
+                self.buffers.put(b)
+
+    def _file_piece(self, body: FileBody) -> int:
+        capped = body.throttle is not None and body.throttle.rate is not None
+        return 256 * 1024 if capped else FILE_PIECE if self.sock is not None else TLS_FILE_PIECE
+
+    async def _send_passthrough(self, data: memoryview | bytes) -> None:
+        """Bytes of a body h11 frames but does not copy (its sendfile pattern)."""
+        for part in self.conn.send_with_data_passthrough(h11.Data(data=_Placeholder(len(data)))) or []:
+            await self.stream.send_all(data if isinstance(part, _Placeholder) else part)
 
     async def _send_file_body(self, body: FileBody) -> None:
         """A file span as (part of) the body: h11 counts it, ``os.sendfile`` moves it (over
@@ -439,8 +497,7 @@ class _ServerConn:
         blocks) and sent through the stream: over TLS, which encrypts (``os.sendfile``
         would bypass it), or from an ``O_DIRECT`` fd (sendfile would fill the page cache)."""
         offset, remaining = body.offset, body.count
-        capped = body.throttle is not None and body.throttle.rate is not None
-        piece = 256 * 1024 if capped else FILE_PIECE if self.sock is not None else TLS_FILE_PIECE
+        piece = self._file_piece(body)
         buf = self.buffers.get()
         try:
             while remaining > 0:
