@@ -659,6 +659,8 @@ http {{
         _, tm = in_ns(lab.tracker.name, http, "GET", f"{tracker_url}/metrics")
         for k, v in labelled(tm, "p2pdist_request_seconds_count", "route").items():
             requests[f"tracker {k}"] = v
+        for k, v in labelled(tm, "p2pdist_chunk_asks_refused_total", "reason").items():
+            requests[f"tracker refused: {k}"] = v
         seed_up = int(metric(tm, "p2pdist_bytes_served"))
         origin_bytes = self.origin_bytes_since(off)
         for i, h in enumerate(lab.hosts):

@@ -38,8 +38,9 @@ def test_first_copies_are_spread_over_the_hosts_asking() -> None:
     fc.admit("c1", "fast", 0.1)  # alone: a single peer's pull is never held back
     with pytest.raises(ChunkPassedOn):
         fc.admit("c1", "slow", 0.2)  # (c1 went to "fast" 0.1 s ago)
-    with pytest.raises(ChunkPassedOn, match="fewer"):
+    with pytest.raises(ChunkPassedOn, match="fewer") as kept:
         fc.admit("c2", "fast", 0.3)  # "slow" asked too and has none: c2 is kept for it
+    assert kept.value.reason == "reserved"
     fc.admit("c2", "slow", 0.4)
     with pytest.raises(ChunkPassedOn, match="fewer"):
         fc.admit("c3", "fast", 0.5)
@@ -92,6 +93,7 @@ async def test_the_tracker_passes_each_fresh_chunk_on_once_in_swarm_mode(tmp_pat
     if topology == "swarm":
         assert second.status_code == 404
         assert second.json()["errors"][0]["code"] == "CHUNK_PASSED_ON"
+        assert c.tracker.metrics.asks_refused.labels("passed_on")._value.get() == 1  # operators see the rule work
         assert task.sealed is None  # still streaming: the rule was in force
     else:  # each of the seed's tree children roots a subtree and needs every chunk
         assert second.status_code == 200

@@ -75,9 +75,15 @@ class ChunkUnknown(NotFound):
 
 
 class ChunkPassedOn(ChunkUnknown):
-    """The seed sent this chunk to another peer moments ago (engine.firstcopy)."""
+    """The seed sent this chunk to another peer moments ago, or keeps it for a peer that
+    has had fewer first copies (engine.firstcopy); ``reason`` says which (``passed_on``,
+    ``reserved``), for the metrics."""
 
     code = "CHUNK_PASSED_ON"
+
+    def __init__(self, message: str, *, reason: str = "passed_on"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class TaskUnknown(NotFound):

@@ -75,7 +75,8 @@ class FirstCopies:
                     del self._asked[other]  # keeps the table as small as the hosts asking now
                 elif self._firsts.get(other, 0) < mine:
                     raise ChunkPassedOn(f"chunk {name[:16]}… is kept for a peer that has received "
-                                        "fewer of the seed's first copies; fetch others from the swarm")
+                                        "fewer of the seed's first copies; fetch others from the swarm",
+                                        reason="reserved")
             self._firsts[host] = mine + 1
         self._fresh[name] = (now, host)
 

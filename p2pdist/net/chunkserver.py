@@ -20,7 +20,7 @@ import trio
 import zstandard
 
 from p2pdist.core.digest import parse_chunk_name
-from p2pdist.core.errors import Busy
+from p2pdist.core.errors import Busy, ChunkPassedOn, ChunkUnknown, P2PError
 from p2pdist.net.http import FileBody, Handler, Request, Response
 from p2pdist.net.throttle import TokenBucket
 from p2pdist.storage.chunkstore import ChunkStore
@@ -81,17 +81,30 @@ def make_chunk_handler(store: ChunkStore, slots: UploadSlots, *, compression: bo
                        on_served: Callable[[int], None] | None = None,
                        limiter: trio.CapacityLimiter | None = None,
                        throttle: TokenBucket | None = None,
-                       admit: Callable[[str, Request], None] | None = None) -> Handler:
+                       admit: Callable[[str, Request], None] | None = None,
+                       refused: Callable[[str], None] | None = None) -> Handler:
     """``admit(name, request)``, if given, may refuse a chunk by raising (the seed's
-    first-copy rule, engine.firstcopy) before a slot is taken."""
+    first-copy rule, engine.firstcopy) before a slot is taken. ``refused(reason)`` is told
+    of every refusal: ``missing``, ``busy``, or the first-copy rule's ``passed_on`` and
+    ``reserved``."""
     memo: OrderedDict[str, bool] = OrderedDict()
+
+    def refuse(reason: str, exc: P2PError) -> P2PError:
+        if refused is not None:
+            refused(reason)
+        return exc
 
     async def handle(request: Request) -> Response:
         name = parse_chunk_name(request.params["name"])
-        if admit is not None and store.has(name):
-            admit(name, request)
+        if not store.has(name):
+            raise refuse("missing", ChunkUnknown(f"chunk {name} is not held"))
+        if admit is not None:
+            try:
+                admit(name, request)
+            except ChunkPassedOn as exc:
+                raise refuse(exc.reason, exc) from None
         if not slots.try_acquire():
-            raise Busy(f"all {slots.slots} upload slots are in use")
+            raise refuse("busy", Busy(f"all {slots.slots} upload slots are in use"))
         released = False
 
         def release() -> None:

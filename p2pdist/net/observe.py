@@ -27,6 +27,9 @@ class Metrics:
         self.chunks_failed = Counter("p2pdist_chunks_failed", "Chunk fetches that failed", ["reason"], registry=r)
         self.chunk_refusals = Counter("p2pdist_chunk_refusals", "Chunk asks a source refused (busy, missing)",
                                       ["reason"], registry=r)
+        self.asks_refused = Counter("p2pdist_chunk_asks_refused", "Chunk asks this server refused "
+                                    "(missing, busy; the seed's first-copy rule: passed_on, reserved)",
+                                    ["reason"], registry=r)
         self.back_to_source = Counter("p2pdist_back_to_source", "Chunks fetched back from the origin", registry=r)
         self.active_tasks = Gauge("p2pdist_active_tasks", "Downloads or seedings in progress", registry=r)
         self.upload_slots_in_use = Gauge("p2pdist_upload_slots_in_use", "Chunk uploads in progress", registry=r)

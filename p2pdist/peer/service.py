@@ -238,7 +238,8 @@ class Peer:
         auth = ComponentAuth(self.config.cluster_secret, mtls=self.tls is not None)
         r.route("GET", "/chunks/{name}", auth.guard(make_chunk_handler(
             self.store, self.slots, compression=self.config.wire_compression == "auto",
-            on_served=self.metrics.bytes_served.inc, throttle=self.upload_bucket)))
+            on_served=self.metrics.bytes_served.inc, throttle=self.upload_bucket,
+            refused=lambda reason: self.metrics.asks_refused.labels(reason).inc())))
         r.route("GET", "/maps/{task_id}", auth.guard(get_map))
         # the local API: the CLI on this node, or the operator's tools with the secret or a certificate
         r.route("POST", "/api/v1/fetch", auth.guard(fetch, allow_loopback=True))

@@ -360,7 +360,8 @@ class Tracker:
                 self.first_copies.admit(name, host, self.clock())
 
         r.route("GET", "/chunks/{name}", auth.guard(make_chunk_handler(
-            self.store, self.slots, on_served=self.metrics.bytes_served.inc, admit=admit)))
+            self.store, self.slots, on_served=self.metrics.bytes_served.inc, admit=admit,
+            refused=lambda reason: self.metrics.asks_refused.labels(reason).inc())))
 
         async def ready() -> str | None:
             return None
