@@ -1010,7 +1010,8 @@ def write_results() -> None:
         lines.append("")
         lines.append(f"{r['when']}. Command: `{r['command']}`" + (f" Env: `{r['env']}`" if r.get("env") else ""))
         lines.append("")
-        lines.append(f"Links: {r.get('link', 'tbf')}, MTU {r.get('mtu', 1500)}, tbf latency {r.get('tbf_latency', '100ms')}; "
+        sysctls = "".join(f", {kv}" for kv in r.get("sysctl") or [])
+        lines.append(f"Links: {r.get('link', 'tbf')}, MTU {r.get('mtu', 1500)}, tbf latency {r.get('tbf_latency', '100ms')}{sysctls}; "
                      f"p2pdist: {r.get('src', '?')}; T_min {r['t_min']:.2f} s; machine nproc {r.get('nproc')}.")
         lines.append("")
         lines.append("| system | first | median | last | T_min | last/T_min | median/T_min | origin/F | seed link util | CPU busy | done | verified |")
@@ -1057,6 +1058,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mtu", type=int, default=MTU,
                     help="MTU of every lab link (default %(default)s: jumbo frames keep the kernel's "
                          "per-packet work on 2 cores small; 1500 is closer to a WAN)")
+    ap.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE",
+                    help="a sysctl set in every lab host's namespace (repeatable), e.g. "
+                         "net.ipv4.tcp_slow_start_after_idle=0")
     ap.add_argument("--slow", type=int, default=0, metavar="K", help="the last K hosts get --slow-rate upload")
     ap.add_argument("--slow-rate", type=parse_rate, default=parse_rate("20mbit"))
     ap.add_argument("--systems", default=",".join(SYSTEMS))
@@ -1127,6 +1131,9 @@ def main(argv: list[str] | None = None) -> int:
         digest = make_blob(blob_dir / "blob", args.size)
         log(f"building {args.hosts} hosts + origin + tracker at {fmt_rate(args.rate)} (seed {fmt_rate(seed_rate)})")
         lab.build()
+        for h in lab.all_hosts:
+            for kv in args.sysctl:
+                sh("ip", "netns", "exec", h.name, "sysctl", "-qw", kv)
         runner = Runner(args, lab, work, blob_dir / "blob", digest)
         runner.sampler.start()
         runner.start_origin()
@@ -1175,7 +1182,7 @@ def main(argv: list[str] | None = None) -> int:
             plotted = plot(summary, runner.t_min, png, title)
             run = {"when": when, "command": cmd, "hosts": args.hosts, "size": args.size, "rate": args.rate,
                    "seed_rate": seed_rate, "slow": args.slow, "slow_rate": args.slow_rate, "tag": args.tag,
-                   "env": " ".join(args.env + [f"tracker:{kv}" for kv in args.tracker_env]), "tbf_latency": args.tbf_latency, "mtu": args.mtu, "link": args.link, "src": source_id(args.src), "t_min": runner.t_min, "systems": summary, "analysis": analysis,
+                   "env": " ".join(args.env + [f"tracker:{kv}" for kv in args.tracker_env]), "tbf_latency": args.tbf_latency, "mtu": args.mtu, "sysctl": args.sysctl, "link": args.link, "src": source_id(args.src), "t_min": runner.t_min, "systems": summary, "analysis": analysis,
                    "plot": png.name if plotted else None, "nproc": os.cpu_count(),
                    "merge": args.merge, "rerun": systems}
             path = record(run)
