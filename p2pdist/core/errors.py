@@ -81,8 +81,9 @@ class ChunkPassedOn(ChunkUnknown):
 
     code = "CHUNK_PASSED_ON"
 
-    def __init__(self, message: str, *, reason: str = "passed_on"):
-        super().__init__(message)
+    def __init__(self, message: str, *, reason: str = "passed_on", code: str | None = None,
+                 status: int | None = None):
+        super().__init__(message, code=code, status=status)
         self.reason = reason
 
 
