@@ -39,6 +39,7 @@ import heapq
 import json
 import random
 import statistics
+from collections import deque
 import sys
 import time
 from pathlib import Path
@@ -140,12 +141,18 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
     t = 0.0
     dt = args.dt
     seed_sent = 0.0
+    # Each state's next_deadline() only changes when one of its methods runs, and every
+    # call goes through handle(): cache it there instead of asking every peer every step.
+    order = {p: i for i, p in enumerate(names)}
+    deadlines: list[tuple[float, int, str]] = []  # heap; stale entries are skipped
+    next_dl: dict[str, float | None] = {p: None for p in names}
+    frozen: dict[str, frozenset[int]] = {}  # a peer's have as last handed out
 
     def handle(p: str, actions: list, now: float) -> None:
-        queue = list(actions)
+        queue = deque(actions)
+        st = states[p]
         while queue:
-            a = queue.pop(0)
-            st = states[p]
+            a = queue.popleft()
             if isinstance(a, Fetch):
                 src = a.peer_id
                 src_has = (a.index < published) if src == "seed" else (a.index in held[src])
@@ -177,6 +184,17 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 queue += st.chunk_failed(a.index, a.peer_id, "timeout", now)
             elif isinstance(a, Done):
                 finish.setdefault(p, now)
+        nd = st.next_deadline()
+        if nd != next_dl[p]:
+            next_dl[p] = nd
+            if nd is not None:
+                heapq.heappush(deadlines, (nd, order[p], p))
+
+    def have_of(e) -> frozenset[int]:
+        fz = frozen.get(e.peer_id)
+        if fz is None or len(fz) != len(e.have):  # haves only grow
+            fz = frozen[e.peer_id] = frozenset(e.have)
+        return fz
 
 
     t_end_limit = args.max_time
@@ -220,11 +238,11 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
         # 3. announces
         for p in names:
             if t >= next_announce[p] and (p not in finish or gained[p]):
-                tracker.upsert(p, p, "", set(held[p]), len(held[p]) == total, t)
+                tracker.upsert(p, p, "", held[p], len(held[p]) == total, t)  # (upsert copies)
                 chosen = choose_neighbours(tracker, p, policy, rng, t)
                 parents = set(tracker.parent_of.get(p, ())) if policy.name == "tree" else None
                 # as the peer does (Download.on_neighbours): a seed holds every listed chunk
-                srcs = [Source(e.peer_id, e.peer_id, None if e.seed else frozenset(e.have), seed=e.seed,
+                srcs = [Source(e.peer_id, e.peer_id, None if e.seed else have_of(e), seed=e.seed,
                                fallback=parents is not None and e.peer_id not in parents)
                         for e in chosen if e.peer_id != p]
                 if p not in finish:
@@ -233,12 +251,15 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 next_announce[p] = t + args.announce_interval
             elif gained[p] and next_announce[p] > t + args.min_gap:
                 next_announce[p] = t + args.min_gap
-        # 4. deadlines
-        for p in names:
-            if p in finish:
-                continue
-            nd = states[p].next_deadline()
-            if nd is not None and nd <= t:
+        # 4. deadlines, in host order (who ticks first may take an upload slot first)
+        due = set()
+        while deadlines and deadlines[0][0] <= t:
+            nd, _, p = heapq.heappop(deadlines)
+            if next_dl[p] == nd:
+                due.add(p)
+        for p in sorted(due, key=order.__getitem__):
+            if p not in finish:
+                next_dl[p] = None  # handle() pushes whatever comes next, even the same time
                 handle(p, states[p].tick(t), t)
 
     f = args.size * 8
