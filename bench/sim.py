@@ -141,6 +141,16 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
     t = 0.0
     dt = args.dt
     seed_sent = 0.0
+    # --stats: where the time goes (off by default; it only reads the run)
+    st_bins: list[list[float]] = []  # per second: [t, seed up, peers' up, peers' down, lag mean, lag max, done]
+    st_acc = [0.0, 0.0, 0.0, 0]  # seed bytes, peer-upload bytes, peer-download bytes, steps in this bin
+    st_xfer: list[float] = []  # durations of completed peer-to-peer transfers
+    st_xfer_seed: list[float] = []  # ... from the seed
+    st_publish: dict[int, float] = {}
+    st_holders = [0] * total
+    st_reach: dict[str, dict[int, float]] = {"first": {}, "half": {}, "all": {}}
+    st_announces = 0
+    peer_up_cap = sum(up[p] for p in names)
     # Each state's next_deadline() only changes when one of its methods runs, and every
     # call goes through handle(): cache it there instead of asking every peer every step.
     order = {p: i for i, p in enumerate(names)}
@@ -166,12 +176,12 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 elif uploads[src] >= slots[src]:
                     queue += st.chunk_failed(a.index, src, "busy", now)
                 else:
-                    transfers[(p, a.index)] = [src, float(sizes[a.index])]
+                    transfers[(p, a.index)] = [src, float(sizes[a.index]), now]
                     uploads[src] += 1
                     downloads[p] += 1
             elif isinstance(a, FetchOrigin):
                 # back-to-source: modelled as a transfer from the seed-side origin at origin rate
-                transfers[(p, a.index)] = ["origin", float(sizes[a.index])]
+                transfers[(p, a.index)] = ["origin", float(sizes[a.index]), now]
                 downloads[p] += 1
                 uploads.setdefault("origin", 0)
                 uploads["origin"] += 1
@@ -208,6 +218,7 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
             seed_entry.have.update(range(published, arrived))
             for k in range(published, arrived):
                 first_copies.publish(str(k))
+                st_publish[k] = t
             published = arrived
             if published == total:
                 seed_entry.complete = True
@@ -226,19 +237,43 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 seed_sent += rate * dt
             if tr[1] <= 0:
                 done_list.append(key)
+        if args.stats:
+            sb = sum(r for k, r in rates.items() if transfers[k][0] == "seed")
+            st_acc[0] += sb * dt
+            st_acc[1] += (sum(rates.values()) - sb) * dt
+            st_acc[2] += sum(rates.values()) * dt
+            st_acc[3] += 1
+            if st_acc[3] * dt >= 1.0 - 1e-9:
+                span = st_acc[3] * dt
+                active = [p for p in names if p not in finish]
+                lags = [published - len(held[p]) for p in active] or [0]
+                st_bins.append([round(t, 2), round(st_acc[0] / span / up["seed"], 3),
+                                round(st_acc[1] / span / peer_up_cap, 3),
+                                round(st_acc[2] / span / (n * args.rate / 8), 3),
+                                round(statistics.fmean(lags), 1), max(lags), len(finish)])
+                st_acc[:] = [0.0, 0.0, 0.0, 0]
         for key in done_list:
-            src = transfers.pop(key)[0]
+            tr = transfers.pop(key)
+            src = tr[0]
             dst, idx = key
             uploads[src] -= 1
             downloads[dst] -= 1
+            if args.stats:
+                (st_xfer_seed if src == "seed" else st_xfer).append(t - tr[2])
             if idx not in held[dst]:
                 held[dst].add(idx)
                 gained[dst] = True
+                if args.stats:
+                    st_holders[idx] += 1
+                    for label, need in (("first", 1), ("half", (n + 1) // 2), ("all", n)):
+                        if st_holders[idx] == need:
+                            st_reach[label][idx] = t
             handle(dst, states[dst].chunk_ok(idx, None if src == "origin" else src, t), t)
         # 3. announces
         for p in names:
             if t >= next_announce[p] and (p not in finish or gained[p]):
                 tracker.upsert(p, p, "", held[p], len(held[p]) == total, t)  # (upsert copies)
+                st_announces += 1
                 chosen = choose_neighbours(tracker, p, policy, rng, t)
                 parents = set(tracker.parent_of.get(p, ())) if policy.name == "tree" else None
                 # as the peer does (Download.on_neighbours): a seed holds every listed chunk
@@ -262,6 +297,28 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 next_dl[p] = None  # handle() pushes whatever comes next, even the same time
                 handle(p, states[p].tick(t), t)
 
+    def _stats() -> dict:
+        def q(xs: list[float], f: float) -> float:
+            xs = sorted(xs)
+            return round(xs[min(len(xs) - 1, int(f * len(xs)))], 3) if xs else float("nan")
+
+        fails = {r: sum(getattr(s.stats, r) for s in states.values()) / n
+                 for r in ("missing", "busy", "timeouts", "errors")}
+        delays = {label: [reach[i] - st_publish[i] for i in reach] for label, reach in st_reach.items()}
+        return {
+            "per_peer": {"announces": round(st_announces / n, 1), **{k: round(v, 1) for k, v in fails.items()},
+                         "from_origin": sum(s.stats.from_origin for s in states.values()) / n},
+            "transfer_s": {"peer_median": q(st_xfer, 0.5), "peer_p90": q(st_xfer, 0.9),
+                           "seed_median": q(st_xfer_seed, 0.5), "seed_p90": q(st_xfer_seed, 0.9)},
+            # seconds from a chunk's publication until 1 peer / half / all peers hold it
+            "spread_s": {label: {"median": q(d, 0.5), "p90": q(d, 0.9), "max": q(d, 1.0)}
+                         for label, d in delays.items()},
+            "last_publish": round(max(st_publish.values()), 3),
+            # per second: t, seed upload use, peers' upload use, peers' download use,
+            # mean and max chunks behind the seed (unfinished peers), peers finished
+            "bins": st_bins,
+        }
+
     f = args.size * 8
     ups = [up[p] * 8 for p in names]
     t_min = max(f / args.seed_rate, f / args.rate, n * f / (args.seed_rate + sum(ups)))
@@ -269,7 +326,9 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
     return {"t_first": round(times[0], 3), "t_median": round(statistics.median(times), 3),
             "t_last": round(times[-1], 3), "t_min": round(t_min, 3),
             "last_over_tmin": round(times[-1] / t_min, 3), "median_over_tmin": round(statistics.median(times) / t_min, 3),
-            "finished": len(finish), "hosts": n, "seed_upload_bytes": int(seed_sent)}
+            "finished": len(finish), "hosts": n, "seed_upload_bytes": int(seed_sent),
+            "seed_sent_over_F": round(seed_sent / args.size, 3),
+            **({"stats": _stats()} if args.stats else {})}
 
 
 def main() -> int:
@@ -310,6 +369,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3, help="runs with different random seeds")
     ap.add_argument("--src", help="import p2pdist from this source tree")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--stats", action="store_true",
+                    help="add where the time goes to each run (utilisation per second, spread delays, failures)")
     args = ap.parse_args()
     args.chunk = args.chunk or chunk_size_for(args.size)
     args.seed_rate = args.seed_rate or args.rate
@@ -320,7 +381,11 @@ def main() -> int:
         r = simulate(args, s)
         r["wall_s"] = round(time.monotonic() - t0, 1)
         runs.append(r)
-        print(f"[sim] N={args.hosts} seed {s}: {r}", file=sys.stderr, flush=True)
+        brief = {k: v for k, v in r.items() if k != "stats"}
+        print(f"[sim] N={args.hosts} seed {s}: {brief}", file=sys.stderr, flush=True)
+        if "stats" in r:
+            print(f"[sim]   stats: {json.dumps({k: v for k, v in r['stats'].items() if k != 'bins'})}",
+                  file=sys.stderr, flush=True)
     out = {"hosts": args.hosts, "topology": args.topology, "runs": runs,
            "t_last_median": statistics.median(r["t_last"] for r in runs),
            "t_median_median": statistics.median(r["t_median"] for r in runs),

@@ -533,22 +533,28 @@ class DownloadState:
             actions.append(Done())
         return actions
 
-    def _uncovered(self, pending: set[int], sources: list[Source]) -> set[int]:
-        """The pending chunks none of ``sources`` could serve."""
+    def _uncovered(self, pending: set[int], sources: list[Source],
+                   allowed: set[int] | None = None) -> set[int]:
+        """The pending chunks none of ``sources`` could serve; with ``allowed`` given, a
+        fallback source counts only for the chunks in it (as in :meth:`_schedule_peers`)."""
         # The answer does not depend on the order; unknown-have sources (a seed) go
         # first, as each leaves only what it refused, which makes the rest cheap.
         uncovered = pending
         for s in sources:
-            if s.have is None:
+            if s.have is None and not (allowed is not None and s.fallback):
                 uncovered = uncovered & self._missing.get(s.peer_id, _NONE)
                 if not uncovered:
                     return uncovered
         for s in sources:
-            if s.have is not None:
+            if allowed is not None and s.fallback:
+                uncovered = uncovered - (self._could_serve(s, uncovered) & allowed)
+            elif s.have is not None:
                 miss = self._missing.get(s.peer_id)
                 uncovered = (uncovered - s.have) | (uncovered & miss) if miss else uncovered - s.have
-                if not uncovered:
-                    break
+            else:
+                continue
+            if not uncovered:
+                break
         return uncovered
 
     @staticmethod
@@ -609,12 +615,9 @@ class DownloadState:
         policy = "sequential" if all(s.have is None for s in ready) else self.policy
         while self._pending and len(self._in_flight) < self.max_in_flight:
             spare = [s for s in ready if self._load.get(s.peer_id, 0) < cap]
-            candidates: set[int] = set()
-            for s in spare:
-                serve = self._could_serve(s, self._pending)
-                candidates |= (serve & allowed) if s.fallback else serve
-                if len(candidates) == len(self._pending):
-                    break  # every source serves a subset of the pending chunks
+            # What some spare source could serve: the pending chunks none of them could
+            # (computed as _uncovered does: cheap once the seed has left only what it refused).
+            candidates = self._pending - self._uncovered(self._pending, spare, allowed)
             # Exhausted chunks belong to the origin; they wait for its capacity.
             candidates -= exhausted
             if not candidates:
