@@ -2,7 +2,7 @@
 """Fluid simulator of one blob's distribution, driving p2pdist's real engine policies.
 
     python bench/sim.py --hosts N [--size 256MiB] [--rate 100mbit] [--topology swarm|tree]
-                        [--dt 0.02] [--seeds 3] [--json] [--src DIR]
+                        [--dt 0.02] [--seeds 3] [--json] [--stats] [--src DIR]
 
 What is real: every peer's chunk scheduling is a ``p2pdist.engine.download.DownloadState``
 (rarest first, in-flight limits, busy/missing/timeout handling, starvation clocks), and
@@ -24,18 +24,31 @@ What is modelled (time-stepped, ``--dt`` seconds):
   ``--announce-interval`` s (the peer's defaults); the reply's neighbours (with their
   haves as the tracker knows them) become the peer's sources;
 
-Every knob defaults to the product's own default (``PeerConfig``, ``TrackerConfig``,
-``chunk_size_for``), so a run without flags simulates p2pdist as shipped.
 * a source with ``--upload-slots`` uploads running answers ``busy``; one not holding the
-  chunk answers ``missing``; back-to-source is off unless ``--back-to-source``.
+  chunk answers ``missing``, at once (zero latency: a refused request costs no time here,
+  though each is a request the source must answer in a real cluster).
 
-Reports per run t_first/t_median/t_last against the Kumar-Ross T_min, like bench/lab.py.
+Every knob defaults to the product's own default (``PeerConfig``, ``TrackerConfig``,
+``chunk_size_for``, ``DownloadState``'s ``busy_backoff``; back-to-source on, as
+shipped), so a run without flags simulates p2pdist as shipped.
+
+Reports per run t_first/t_median/t_last against the Kumar-Ross T_min, like bench/lab.py,
+and how much the seed sent (``seed_sent_over_F``). ``--stats`` adds where the time goes:
+busy/missing answers and announces per peer, chunk transfer times, how long a chunk takes
+from publication to its first holder, half and all peers, and per second the seed's and
+the peers' link use and how many chunks the unfinished peers trail the seed by.
+
+Cost: the run time is about linear in N (the tracker's swarm answer and the seed's
+first-copy rule no longer walk every peer); most of it is the peers rescheduling after
+each refused request (~4,000 per peer at N = 1,000, nearly all the seed's first-copy
+refusals). About 0.25 s of one core per host: N = 1,000 in ~4-5 min, N = 10,000 in ~45 min.
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
+import inspect
 import json
 import random
 import statistics
@@ -126,7 +139,8 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                                max_in_flight=args.max_in_flight,
                                per_source_in_flight=args.per_source_in_flight,
                                chunk_timeout=args.chunk_timeout, origin_fallback=args.back_to_source,
-                               source_wait=args.chunk_timeout, rng=random.Random(rng.random()))
+                               source_wait=args.chunk_timeout, busy_backoff=args.busy_backoff,
+                               rng=random.Random(rng.random()))
               for p in names}
     first_copies = FirstCopies(args.seed_grace if args.topology == "swarm" else 0.0)
     held: dict[str, set[int]] = {p: set() for p in names}
@@ -150,6 +164,7 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
     st_holders = [0] * total
     st_reach: dict[str, dict[int, float]] = {"first": {}, "half": {}, "all": {}}
     st_announces = 0
+    st_seed_sends: list[tuple[float, int]] = []
     peer_up_cap = sum(up[p] for p in names)
     # Each state's next_deadline() only changes when one of its methods runs, and every
     # call goes through handle(): cache it there instead of asking every peer every step.
@@ -250,7 +265,8 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 st_bins.append([round(t, 2), round(st_acc[0] / span / up["seed"], 3),
                                 round(st_acc[1] / span / peer_up_cap, 3),
                                 round(st_acc[2] / span / (n * args.rate / 8), 3),
-                                round(statistics.fmean(lags), 1), max(lags), len(finish)])
+                                round(statistics.fmean(lags), 1), max(lags), len(finish),
+                                published - len(st_reach["first"])])
                 st_acc[:] = [0.0, 0.0, 0.0, 0]
         for key in done_list:
             tr = transfers.pop(key)
@@ -260,6 +276,8 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
             downloads[dst] -= 1
             if args.stats:
                 (st_xfer_seed if src == "seed" else st_xfer).append(t - tr[2])
+                if src == "seed":
+                    st_seed_sends.append((t, idx))
             if idx not in held[dst]:
                 held[dst].add(idx)
                 gained[dst] = True
@@ -314,8 +332,15 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
             "spread_s": {label: {"median": q(d, 0.5), "p90": q(d, 0.9), "max": q(d, 1.0)}
                          for label, d in delays.items()},
             "last_publish": round(max(st_publish.values()), 3),
+            # chunks the seed sent while the blob streamed in, and after; how many of the
+            # former were a chunk's first copy
+            "seed_sends": {"streaming": sum(1 for ts, _ in st_seed_sends if ts <= max(st_publish.values())),
+                           "streaming_first_copies": len({i for ts, i in st_seed_sends
+                                                           if ts <= max(st_publish.values())}),
+                           "after": sum(1 for ts, _ in st_seed_sends if ts > max(st_publish.values()))},
             # per second: t, seed upload use, peers' upload use, peers' download use,
-            # mean and max chunks behind the seed (unfinished peers), peers finished
+            # mean and max chunks behind the seed (unfinished peers), peers finished,
+            # chunks published that no peer holds yet (the seed's backlog)
             "bins": st_bins,
         }
 
@@ -340,6 +365,7 @@ def main() -> int:
         sys.path.insert(0, str(Path(src).resolve()))
     from p2pdist.core.chunkmap import chunk_size_for
     from p2pdist.core.config import PeerConfig, TrackerConfig
+    from p2pdist.engine.download import DownloadState
     from p2pdist.peer.service import MIN_ANNOUNCE_GAP
     peer, tracker = PeerConfig(), TrackerConfig()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -361,6 +387,9 @@ def main() -> int:
     ap.add_argument("--seed-upload-slots", type=int, default=tracker.upload_slots)
     ap.add_argument("--seed-grace", type=float, default=tracker.seed_grace)
     ap.add_argument("--chunk-timeout", type=float, default=peer.chunk_timeout)
+    ap.add_argument("--busy-backoff", type=float,
+                    default=inspect.signature(DownloadState).parameters["busy_backoff"].default,
+                    help="how long a peer skips a source that answered busy (the engine's default)")
     ap.add_argument("--back-to-source", action=argparse.BooleanOptionalAction, default=peer.back_to_source)
     ap.add_argument("--announce-interval", type=float, default=peer.announce_interval)
     ap.add_argument("--min-gap", type=float, default=MIN_ANNOUNCE_GAP)
