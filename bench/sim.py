@@ -53,9 +53,9 @@ import inspect
 import json
 import random
 import statistics
-from collections import deque
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
