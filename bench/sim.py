@@ -2,7 +2,7 @@
 """Fluid simulator of one blob's distribution, driving p2pdist's real engine policies.
 
     python bench/sim.py --hosts N [--size 256MiB] [--rate 100mbit] [--topology swarm|tree]
-                        [--dt 0.02] [--seeds 3] [--json] [--src DIR]
+                        [--dt 0.02] [--seeds 3] [--json] [--stats] [--src DIR]
 
 What is real: every peer's chunk scheduling is a ``p2pdist.engine.download.DownloadState``
 (rarest first, in-flight limits, busy/missing/timeout handling, starvation clocks), and
@@ -24,23 +24,38 @@ What is modelled (time-stepped, ``--dt`` seconds):
   ``--announce-interval`` s (the peer's defaults); the reply's neighbours (with their
   haves as the tracker knows them) become the peer's sources;
 
-Every knob defaults to the product's own default (``PeerConfig``, ``TrackerConfig``,
-``chunk_size_for``), so a run without flags simulates p2pdist as shipped.
 * a source with ``--upload-slots`` uploads running answers ``busy``; one not holding the
-  chunk answers ``missing``; back-to-source is off unless ``--back-to-source``.
+  chunk answers ``missing``, at once (zero latency: a refused request costs no time here,
+  though each is a request the source must answer in a real cluster).
 
-Reports per run t_first/t_median/t_last against the Kumar-Ross T_min, like bench/lab.py.
+Every knob defaults to the product's own default (``PeerConfig``, ``TrackerConfig``,
+``chunk_size_for``, ``DownloadState``'s ``busy_backoff``; back-to-source on, as
+shipped), so a run without flags simulates p2pdist as shipped.
+
+Reports per run t_first/t_median/t_last against the Kumar-Ross T_min, like bench/lab.py,
+and how much the seed sent (``seed_sent_over_F``). ``--stats`` adds where the time goes:
+busy/missing answers and announces per peer, chunk transfer times, how long a chunk takes
+from publication to its first holder, half and all peers, and per second the seed's and
+the peers' link use and how many chunks the unfinished peers trail the seed by.
+
+Cost: about linear in N (the tracker's swarm answer and the seed's first-copy rule no
+longer walk every peer); most of it is the peers rescheduling after each refused request
+(~4,000 per peer at N = 1,000, nearly all the seed's first-copy refusals). Measured on a
+shared 2-core box, one niced core: N = 16 1.1 s, N = 100 16 s, N = 1,000 260-280 s per
+run (see bench/RESULTS.md for N = 10,000). ``--dt`` is 0.02 s for every published row.
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
+import inspect
 import json
 import random
 import statistics
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,7 +140,8 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                                max_in_flight=args.max_in_flight,
                                per_source_in_flight=args.per_source_in_flight,
                                chunk_timeout=args.chunk_timeout, origin_fallback=args.back_to_source,
-                               source_wait=args.chunk_timeout, rng=random.Random(rng.random()))
+                               source_wait=args.chunk_timeout, busy_backoff=args.busy_backoff,
+                               rng=random.Random(rng.random()))
               for p in names}
     first_copies = FirstCopies(args.seed_grace if args.topology == "swarm" else 0.0)
     held: dict[str, set[int]] = {p: set() for p in names}
@@ -140,12 +156,29 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
     t = 0.0
     dt = args.dt
     seed_sent = 0.0
+    # --stats: where the time goes (off by default; it only reads the run)
+    st_bins: list[list[float]] = []  # per second: [t, seed up, peers' up, peers' down, lag mean, lag max, done]
+    st_acc = [0.0, 0.0, 0.0, 0]  # seed bytes, peer-upload bytes, peer-download bytes, steps in this bin
+    st_xfer: list[float] = []  # durations of completed peer-to-peer transfers
+    st_xfer_seed: list[float] = []  # ... from the seed
+    st_publish: dict[int, float] = {}
+    st_holders = [0] * total
+    st_reach: dict[str, dict[int, float]] = {"first": {}, "half": {}, "all": {}}
+    st_announces = 0
+    st_seed_sends: list[tuple[float, int]] = []
+    peer_up_cap = sum(up[p] for p in names)
+    # Each state's next_deadline() only changes when one of its methods runs, and every
+    # call goes through handle(): cache it there instead of asking every peer every step.
+    order = {p: i for i, p in enumerate(names)}
+    deadlines: list[tuple[float, int, str]] = []  # heap; stale entries are skipped
+    next_dl: dict[str, float | None] = {p: None for p in names}
+    frozen: dict[str, frozenset[int]] = {}  # a peer's have as last handed out
 
     def handle(p: str, actions: list, now: float) -> None:
-        queue = list(actions)
+        queue = deque(actions)
+        st = states[p]
         while queue:
-            a = queue.pop(0)
-            st = states[p]
+            a = queue.popleft()
             if isinstance(a, Fetch):
                 src = a.peer_id
                 src_has = (a.index < published) if src == "seed" else (a.index in held[src])
@@ -159,12 +192,12 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 elif uploads[src] >= slots[src]:
                     queue += st.chunk_failed(a.index, src, "busy", now)
                 else:
-                    transfers[(p, a.index)] = [src, float(sizes[a.index])]
+                    transfers[(p, a.index)] = [src, float(sizes[a.index]), now]
                     uploads[src] += 1
                     downloads[p] += 1
             elif isinstance(a, FetchOrigin):
                 # back-to-source: modelled as a transfer from the seed-side origin at origin rate
-                transfers[(p, a.index)] = ["origin", float(sizes[a.index])]
+                transfers[(p, a.index)] = ["origin", float(sizes[a.index]), now]
                 downloads[p] += 1
                 uploads.setdefault("origin", 0)
                 uploads["origin"] += 1
@@ -177,6 +210,17 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 queue += st.chunk_failed(a.index, a.peer_id, "timeout", now)
             elif isinstance(a, Done):
                 finish.setdefault(p, now)
+        nd = st.next_deadline()
+        if nd != next_dl[p]:
+            next_dl[p] = nd
+            if nd is not None:
+                heapq.heappush(deadlines, (nd, order[p], p))
+
+    def have_of(e) -> frozenset[int]:
+        fz = frozen.get(e.peer_id)
+        if fz is None or len(fz) != len(e.have):  # haves only grow
+            fz = frozen[e.peer_id] = frozenset(e.have)
+        return fz
 
 
     t_end_limit = args.max_time
@@ -190,6 +234,7 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
             seed_entry.have.update(range(published, arrived))
             for k in range(published, arrived):
                 first_copies.publish(str(k))
+                st_publish[k] = t
             published = arrived
             if published == total:
                 seed_entry.complete = True
@@ -208,23 +253,50 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 seed_sent += rate * dt
             if tr[1] <= 0:
                 done_list.append(key)
+        if args.stats:
+            sb = sum(r for k, r in rates.items() if transfers[k][0] == "seed")
+            st_acc[0] += sb * dt
+            st_acc[1] += (sum(rates.values()) - sb) * dt
+            st_acc[2] += sum(rates.values()) * dt
+            st_acc[3] += 1
+            if st_acc[3] * dt >= 1.0 - 1e-9:
+                span = st_acc[3] * dt
+                active = [p for p in names if p not in finish]
+                lags = [published - len(held[p]) for p in active] or [0]
+                st_bins.append([round(t, 2), round(st_acc[0] / span / up["seed"], 3),
+                                round(st_acc[1] / span / peer_up_cap, 3),
+                                round(st_acc[2] / span / (n * args.rate / 8), 3),
+                                round(statistics.fmean(lags), 1), max(lags), len(finish),
+                                published - len(st_reach["first"])])
+                st_acc[:] = [0.0, 0.0, 0.0, 0]
         for key in done_list:
-            src = transfers.pop(key)[0]
+            tr = transfers.pop(key)
+            src = tr[0]
             dst, idx = key
             uploads[src] -= 1
             downloads[dst] -= 1
+            if args.stats:
+                (st_xfer_seed if src == "seed" else st_xfer).append(t - tr[2])
+                if src == "seed":
+                    st_seed_sends.append((t, idx))
             if idx not in held[dst]:
                 held[dst].add(idx)
                 gained[dst] = True
+                if args.stats:
+                    st_holders[idx] += 1
+                    for label, need in (("first", 1), ("half", (n + 1) // 2), ("all", n)):
+                        if st_holders[idx] == need:
+                            st_reach[label][idx] = t
             handle(dst, states[dst].chunk_ok(idx, None if src == "origin" else src, t), t)
         # 3. announces
         for p in names:
             if t >= next_announce[p] and (p not in finish or gained[p]):
-                tracker.upsert(p, p, "", set(held[p]), len(held[p]) == total, t)
+                tracker.upsert(p, p, "", held[p], len(held[p]) == total, t)  # (upsert copies)
+                st_announces += 1
                 chosen = choose_neighbours(tracker, p, policy, rng, t)
                 parents = set(tracker.parent_of.get(p, ())) if policy.name == "tree" else None
                 # as the peer does (Download.on_neighbours): a seed holds every listed chunk
-                srcs = [Source(e.peer_id, e.peer_id, None if e.seed else frozenset(e.have), seed=e.seed,
+                srcs = [Source(e.peer_id, e.peer_id, None if e.seed else have_of(e), seed=e.seed,
                                fallback=parents is not None and e.peer_id not in parents)
                         for e in chosen if e.peer_id != p]
                 if p not in finish:
@@ -233,13 +305,45 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 next_announce[p] = t + args.announce_interval
             elif gained[p] and next_announce[p] > t + args.min_gap:
                 next_announce[p] = t + args.min_gap
-        # 4. deadlines
-        for p in names:
-            if p in finish:
-                continue
-            nd = states[p].next_deadline()
-            if nd is not None and nd <= t:
+        # 4. deadlines, in host order (who ticks first may take an upload slot first)
+        due = set()
+        while deadlines and deadlines[0][0] <= t:
+            nd, _, p = heapq.heappop(deadlines)
+            if next_dl[p] == nd:
+                due.add(p)
+        for p in sorted(due, key=order.__getitem__):
+            if p not in finish:
+                next_dl[p] = None  # handle() pushes whatever comes next, even the same time
                 handle(p, states[p].tick(t), t)
+
+    def _stats() -> dict:
+        def q(xs: list[float], f: float) -> float:
+            xs = sorted(xs)
+            return round(xs[min(len(xs) - 1, int(f * len(xs)))], 3) if xs else float("nan")
+
+        fails = {r: sum(getattr(s.stats, r) for s in states.values()) / n
+                 for r in ("missing", "busy", "timeouts", "errors")}
+        delays = {label: [reach[i] - st_publish[i] for i in reach] for label, reach in st_reach.items()}
+        return {
+            "per_peer": {"announces": round(st_announces / n, 1), **{k: round(v, 1) for k, v in fails.items()},
+                         "from_origin": sum(s.stats.from_origin for s in states.values()) / n},
+            "transfer_s": {"peer_median": q(st_xfer, 0.5), "peer_p90": q(st_xfer, 0.9),
+                           "seed_median": q(st_xfer_seed, 0.5), "seed_p90": q(st_xfer_seed, 0.9)},
+            # seconds from a chunk's publication until 1 peer / half / all peers hold it
+            "spread_s": {label: {"median": q(d, 0.5), "p90": q(d, 0.9), "max": q(d, 1.0)}
+                         for label, d in delays.items()},
+            "last_publish": round(max(st_publish.values()), 3),
+            # chunks the seed sent while the blob streamed in, and after; how many of the
+            # former were a chunk's first copy
+            "seed_sends": {"streaming": sum(1 for ts, _ in st_seed_sends if ts <= max(st_publish.values())),
+                           "streaming_first_copies": len({i for ts, i in st_seed_sends
+                                                           if ts <= max(st_publish.values())}),
+                           "after": sum(1 for ts, _ in st_seed_sends if ts > max(st_publish.values()))},
+            # per second: t, seed upload use, peers' upload use, peers' download use,
+            # mean and max chunks behind the seed (unfinished peers), peers finished,
+            # chunks published that no peer holds yet (the seed's backlog)
+            "bins": st_bins,
+        }
 
     f = args.size * 8
     ups = [up[p] * 8 for p in names]
@@ -248,7 +352,9 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
     return {"t_first": round(times[0], 3), "t_median": round(statistics.median(times), 3),
             "t_last": round(times[-1], 3), "t_min": round(t_min, 3),
             "last_over_tmin": round(times[-1] / t_min, 3), "median_over_tmin": round(statistics.median(times) / t_min, 3),
-            "finished": len(finish), "hosts": n, "seed_upload_bytes": int(seed_sent)}
+            "finished": len(finish), "hosts": n, "seed_upload_bytes": int(seed_sent),
+            "seed_sent_over_F": round(seed_sent / args.size, 3),
+            **({"stats": _stats()} if args.stats else {})}
 
 
 def main() -> int:
@@ -260,6 +366,7 @@ def main() -> int:
         sys.path.insert(0, str(Path(src).resolve()))
     from p2pdist.core.chunkmap import chunk_size_for
     from p2pdist.core.config import PeerConfig, TrackerConfig
+    from p2pdist.engine.download import DownloadState
     from p2pdist.peer.service import MIN_ANNOUNCE_GAP
     peer, tracker = PeerConfig(), TrackerConfig()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -281,6 +388,9 @@ def main() -> int:
     ap.add_argument("--seed-upload-slots", type=int, default=tracker.upload_slots)
     ap.add_argument("--seed-grace", type=float, default=tracker.seed_grace)
     ap.add_argument("--chunk-timeout", type=float, default=peer.chunk_timeout)
+    ap.add_argument("--busy-backoff", type=float,
+                    default=inspect.signature(DownloadState).parameters["busy_backoff"].default,
+                    help="how long a peer skips a source that answered busy (the engine's default)")
     ap.add_argument("--back-to-source", action=argparse.BooleanOptionalAction, default=peer.back_to_source)
     ap.add_argument("--announce-interval", type=float, default=peer.announce_interval)
     ap.add_argument("--min-gap", type=float, default=MIN_ANNOUNCE_GAP)
@@ -289,6 +399,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3, help="runs with different random seeds")
     ap.add_argument("--src", help="import p2pdist from this source tree")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--stats", action="store_true",
+                    help="add where the time goes to each run (utilisation per second, spread delays, failures)")
     args = ap.parse_args()
     args.chunk = args.chunk or chunk_size_for(args.size)
     args.seed_rate = args.seed_rate or args.rate
@@ -299,7 +411,11 @@ def main() -> int:
         r = simulate(args, s)
         r["wall_s"] = round(time.monotonic() - t0, 1)
         runs.append(r)
-        print(f"[sim] N={args.hosts} seed {s}: {r}", file=sys.stderr, flush=True)
+        brief = {k: v for k, v in r.items() if k != "stats"}
+        print(f"[sim] N={args.hosts} seed {s}: {brief}", file=sys.stderr, flush=True)
+        if "stats" in r:
+            print(f"[sim]   stats: {json.dumps({k: v for k, v in r['stats'].items() if k != 'bins'})}",
+                  file=sys.stderr, flush=True)
     out = {"hosts": args.hosts, "topology": args.topology, "runs": runs,
            "t_last_median": statistics.median(r["t_last"] for r in runs),
            "t_median_median": statistics.median(r["t_median"] for r in runs),

@@ -92,6 +92,7 @@ What a failure does to its source:
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -99,6 +100,7 @@ from p2pdist.engine.selection import POLICIES, select_chunks
 
 FAILURE_REASONS = ("missing", "busy", "timeout", "error", "corrupt")
 MAX_STRIKES = 3
+_NONE: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -491,16 +493,17 @@ class DownloadState:
     def _recount(self) -> None:
         # Unknown-have sources add the same count to every chunk, which does not change
         # the rarest-first order, so only known haves are counted here.
-        avail: dict[int, int] = {}
+        # (Counter.update counts in C: this runs on every announce answer.)
+        avail: Counter[int] = Counter()
         for s in self._live_sources():
             if s.have is not None and not s.fallback:
-                for i in s.have:
-                    avail[i] = avail.get(i, 0) + 1
+                avail.update(s.have)
         self._avail = avail
 
     def _could_serve(self, s: Source, pending: set[int]) -> set[int]:
         held = pending if s.have is None else pending & s.have
-        return held - self._missing.get(s.peer_id, set())
+        miss = self._missing.get(s.peer_id)
+        return held - miss if miss else held  # read-only: callers take unions
 
     def _schedule(self, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -514,9 +517,12 @@ class DownloadState:
             # Starvation clock: runs while no live source could serve a chunk. A source
             # cooling down after "busy" (or full) still counts (it is alive and will be asked
             # again); busy refusals go to the origin only if busy_attempts is set.
-            self._clock_uncovered(self._starving_since, self._uncovered(pending, live), now)
-            self._clock_uncovered(self._primary_starving_since,
-                                  self._uncovered(pending, [s for s in live if not s.fallback]), now)
+            uncovered = self._uncovered(pending, live)
+            self._clock_uncovered(self._starving_since, uncovered, now)
+            primaries = [s for s in live if not s.fallback]
+            if len(primaries) != len(live):  # else the same sources: the same answer
+                uncovered = self._uncovered(pending, primaries)
+            self._clock_uncovered(self._primary_starving_since, uncovered, now)
 
             if self.origin_fallback and now >= self._origin_paused_until:
                 actions += self._schedule_origin(now, has_live=bool(live))
@@ -527,17 +533,28 @@ class DownloadState:
             actions.append(Done())
         return actions
 
-    def _uncovered(self, pending: set[int], sources: list[Source]) -> set[int]:
-        """The pending chunks none of ``sources`` could serve."""
+    def _uncovered(self, pending: set[int], sources: list[Source],
+                   allowed: set[int] | None = None) -> set[int]:
+        """The pending chunks none of ``sources`` could serve; with ``allowed`` given, a
+        fallback source counts only for the chunks in it (as in :meth:`_schedule_peers`)."""
+        # The answer does not depend on the order; unknown-have sources (a seed) go
+        # first, as each leaves only what it refused, which makes the rest cheap.
         uncovered = pending
         for s in sources:
+            if s.have is None and not (allowed is not None and s.fallback):
+                uncovered = uncovered & self._missing.get(s.peer_id, _NONE)
+                if not uncovered:
+                    return uncovered
+        for s in sources:
+            if allowed is not None and s.fallback:
+                uncovered = uncovered - (self._could_serve(s, uncovered) & allowed)
+            elif s.have is not None:
+                miss = self._missing.get(s.peer_id)
+                uncovered = (uncovered - s.have) | (uncovered & miss) if miss else uncovered - s.have
+            else:
+                continue
             if not uncovered:
                 break
-            miss = self._missing.get(s.peer_id, set())
-            if s.have is None:
-                uncovered = uncovered & miss
-            else:
-                uncovered = (uncovered - s.have) | (uncovered & miss)
         return uncovered
 
     @staticmethod
@@ -598,10 +615,9 @@ class DownloadState:
         policy = "sequential" if all(s.have is None for s in ready) else self.policy
         while self._pending and len(self._in_flight) < self.max_in_flight:
             spare = [s for s in ready if self._load.get(s.peer_id, 0) < cap]
-            candidates: set[int] = set()
-            for s in spare:
-                serve = self._could_serve(s, self._pending)
-                candidates |= (serve & allowed) if s.fallback else serve
+            # What some spare source could serve: the pending chunks none of them could
+            # (computed as _uncovered does: cheap once the seed has left only what it refused).
+            candidates = self._pending - self._uncovered(self._pending, spare, allowed)
             # Exhausted chunks belong to the origin; they wait for its capacity.
             candidates -= exhausted
             if not candidates:

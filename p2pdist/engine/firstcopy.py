@@ -44,6 +44,13 @@ class FirstCopies:
         self._fresh: dict[str, tuple[float, str] | None] = {}
         self._asked: dict[str, float] = {}  # host -> when it last asked for a fresh chunk
         self._firsts: dict[str, int] = {}  # host -> first copies it received while blobs stream in
+        # How many hosts in _asked have received each number of first copies, so "has a
+        # host asking now had fewer than me?" is the smallest key, not a walk over every
+        # host (10,000 of them in a big swarm, on every ask). While ``now`` never goes
+        # back, _asked is in order of asking (a host asking again moves to the end), so
+        # the hosts that stopped asking are at its front.
+        self._levels: dict[int, int] = {}
+        self._in_order = True
 
     def publish(self, name: str) -> None:
         """``name`` arrived from the origin; its blob is still streaming."""
@@ -56,6 +63,8 @@ class FirstCopies:
         if not self._fresh:  # nothing streams in any more: the next stream starts even
             self._asked.clear()
             self._firsts.clear()
+            self._levels.clear()
+            self._in_order = True
 
     def admit(self, name: str, host: str, now: float) -> None:
         """Record that ``name`` goes to ``host`` now, or raise :class:`ChunkPassedOn` if
@@ -63,22 +72,60 @@ class FirstCopies:
         yet — if another host asking within ``window`` seconds has had fewer first copies."""
         if name not in self._fresh or self.grace <= 0:
             return
-        self._asked[host] = now
+        self._asking(host, now)
         sent = self._fresh[name]
         if sent is not None and sent[1] != host and now - sent[0] < self.grace:
             raise ChunkPassedOn(f"chunk {name[:16]}… went to another peer {now - sent[0]:.1f} s ago; "
                                 "fetch it from the swarm")
         if sent is None:
             mine = self._firsts.get(host, 0)
-            for other, asked in list(self._asked.items()):
-                if now - asked >= self.window:
-                    del self._asked[other]  # keeps the table as small as the hosts asking now
-                elif self._firsts.get(other, 0) < mine:
-                    raise ChunkPassedOn(f"chunk {name[:16]}… is kept for a peer that has received "
-                                        "fewer of the seed's first copies; fetch others from the swarm",
-                                        reason="reserved")
+            if self._fewer_than(mine, now):
+                raise ChunkPassedOn(f"chunk {name[:16]}… is kept for a peer that has received "
+                                    "fewer of the seed's first copies; fetch others from the swarm",
+                                    reason="reserved")
             self._firsts[host] = mine + 1
+            if host in self._asked:  # (not with a window <= 0: it left at once)
+                self._count(mine, -1)
+                self._count(mine + 1, +1)
         self._fresh[name] = (now, host)
+
+    def _count(self, level: int, delta: int) -> None:
+        left = self._levels.get(level, 0) + delta
+        if left:
+            self._levels[level] = left
+        else:
+            del self._levels[level]
+
+    def _asking(self, host: str, now: float) -> None:
+        last = self._asked.pop(host, None)
+        if last is None:
+            self._count(self._firsts.get(host, 0), +1)
+        if self._asked and now < next(reversed(self._asked.values())):
+            self._in_order = False  # the clock went back: walk the table from now on
+        self._asked[host] = now
+
+    def _forget(self, host: str) -> None:
+        del self._asked[host]
+        self._count(self._firsts.get(host, 0), -1)
+
+    def _fewer_than(self, mine: int, now: float) -> bool:
+        """Whether a host that asked within ``window`` has had fewer than ``mine`` first
+        copies (the asking host is in the table with ``mine`` itself). Hosts that have not
+        asked for ``window`` seconds leave the table, which keeps it as small as the hosts
+        asking now."""
+        if self._in_order:
+            while self._asked:
+                oldest = next(iter(self._asked))
+                if now - self._asked[oldest] < self.window:
+                    break
+                self._forget(oldest)
+            return bool(self._levels) and min(self._levels) < mine
+        for other, asked in list(self._asked.items()):
+            if now - asked >= self.window:
+                self._forget(other)
+            elif self._firsts.get(other, 0) < mine:
+                return True
+        return False
 
     def __len__(self) -> int:
         return len(self._fresh)

@@ -29,7 +29,7 @@ Nothing here reads the clock or global randomness: ``now`` and ``rng`` are argum
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 TOPOLOGIES = ("tree", "swarm")
@@ -42,7 +42,8 @@ class PeerEntry:
 
     A seed (the tracker itself, or another origin-fed peer) holds every published chunk;
     the tracker keeps its ``have`` current with :meth:`TaskPeers.add_have` as chunks are
-    published, so availability counts stay right.
+    published, so availability counts stay right. Set ``seed`` through
+    :meth:`TaskPeers.upsert` only: the task keeps its seeds apart from the other peers.
     """
 
     peer_id: str
@@ -68,6 +69,9 @@ class TaskPeers:
         self.ttl = ttl
         self.peers: dict[str, PeerEntry] = {}
         self.parent_of: dict[str, list[str]] = {}
+        # (non-seeds in ``peers`` order, their positions, seeds): rebuilt after a peer
+        # comes, goes or changes its seed flag, so a swarm answer need not walk every peer.
+        self._roster: tuple[list[PeerEntry], dict[str, int], list[PeerEntry]] | None = None
 
     def upsert(
         self,
@@ -89,14 +93,16 @@ class TaskPeers:
         if entry is None:
             entry = PeerEntry(peer_id, addr, zone)
             self.peers[peer_id] = entry
+            self._roster = None
         entry.addr = addr
         entry.zone = zone
         entry.complete = complete
         entry.last_seen = max(entry.last_seen, now)
         if have is not None:
             entry.have = set(have)
-        if seed is not None:
+        if seed is not None and entry.seed != seed:
             entry.seed = seed
+            self._roster = None
         return entry
 
     def add_have(self, peer_id: str, indices: Iterable[int]) -> None:
@@ -109,6 +115,7 @@ class TaskPeers:
     def remove(self, peer_id: str) -> None:
         """Forget a peer (it left or failed); its children get new parents next call."""
         if self.peers.pop(peer_id, None) is not None or peer_id in self.parent_of:
+            self._roster = None
             self._forget_edges({peer_id})
 
     def expire(self, now: float) -> list[str]:
@@ -117,8 +124,18 @@ class TaskPeers:
         for pid in gone:
             del self.peers[pid]
         if gone:
+            self._roster = None
             self._forget_edges(set(gone))
         return gone
+
+    def roster(self) -> tuple[list[PeerEntry], dict[str, int], list[PeerEntry]]:
+        """(non-seed entries in ``peers`` order, each one's position in that list, seed
+        entries): cached until a peer comes, goes or changes its seed flag. Read only."""
+        if self._roster is None:
+            others = [e for e in self.peers.values() if not e.seed]
+            self._roster = (others, {e.peer_id: i for i, e in enumerate(others)},
+                            [e for e in self.peers.values() if e.seed])
+        return self._roster
 
     def availability(self) -> dict[int, int]:
         """How many peers (seeds included) hold each chunk index; absent = nobody."""
@@ -279,16 +296,42 @@ def _choose_tree(
     return result
 
 
+class _AllBut(Sequence[PeerEntry]):
+    """``entries`` without position ``skip`` (None: none), without copying them."""
+
+    __slots__ = ("_entries", "_skip")
+
+    def __init__(self, entries: list[PeerEntry], skip: int | None):
+        self._entries, self._skip = entries, skip
+
+    def __len__(self) -> int:
+        return len(self._entries) - (self._skip is not None)
+
+    def __getitem__(self, j):  # type: ignore[override]  # ints only (random.sample)
+        if j < 0 or j >= len(self):
+            raise IndexError(j)
+        return self._entries[j if self._skip is None or j < self._skip else j + 1]
+
+    def __iter__(self) -> Iterator[PeerEntry]:
+        for j, e in enumerate(self._entries):
+            if j != self._skip:
+                yield e
+
+
 def _choose_swarm(
     task: TaskPeers, me: PeerEntry, policy: NeighbourPolicy, rng: random.Random
 ) -> list[PeerEntry]:
-    seeds = [e for e in task.peers.values() if e.seed and e.peer_id != me.peer_id]
-    others = [e for e in task.peers.values() if not e.seed and e.peer_id != me.peer_id]
-    if len(others) > CANDIDATES * policy.swarm_size:
+    non_seeds, position, all_seeds = task.roster()
+    seeds = [e for e in all_seeds if e.peer_id != me.peer_id]
+    pool = _AllBut(non_seeds, position.get(me.peer_id))
+    if len(pool) > CANDIDATES * policy.swarm_size:
         # A large swarm: weigh a uniform sample, not everyone. Comparing haves with all
         # 10,000 peers of a task on each of their announces would cost the tracker
-        # O(N) set differences per announce, O(N²) per round.
-        others = rng.sample(others, CANDIDATES * policy.swarm_size)
+        # O(N) set differences per announce, O(N²) per round; the sample is drawn by
+        # index from the cached roster, so an answer does not even walk the peers.
+        others = rng.sample(pool, CANDIDATES * policy.swarm_size)
+    else:
+        others = list(pool)
     if len(others) > policy.swarm_size:
         useful = [len(e.have - me.have) for e in others]
         most = max(useful) or 1

@@ -47,11 +47,18 @@ def select_chunks(
     # Walk the holder counts from the rarest up, taking whole levels and sampling only
     # the last, partly used one: linear in the candidates and one rng draw per chosen
     # chunk, instead of a full sort keyed by a random number per candidate.
-    unique = list(dict.fromkeys(candidates))
-    counts = [availability.get(i, 0) for i in unique]
+    # One pass groups the candidates by holder count, each level in candidate order.
+    levels: dict[int, list[int]] = {}
+    for i in dict.fromkeys(candidates):
+        c = availability.get(i, 0)
+        bucket = levels.get(c)
+        if bucket is None:
+            levels[c] = [i]
+        else:
+            bucket.append(i)
     chosen: list[int] = []
-    for level in sorted(set(counts)):
-        bucket = [i for i, c in zip(unique, counts, strict=True) if c == level]
+    for level in sorted(levels):
+        bucket = levels[level]
         # rng.sample returns its picks in random order, so even a fully used level is
         # shuffled: no index bias among equally rare chunks.
         chosen.extend(rng.sample(bucket, min(limit - len(chosen), len(bucket))))

@@ -191,8 +191,7 @@ class Tracker:
     def _seed_entry(self, task: TrackerTask) -> PeerEntry:
         entry = task.peers.peers.get(SEED_ID)
         if entry is None:
-            entry = task.peers.upsert(SEED_ID, self.advertise, "", set(), False, self.clock())
-            entry.seed = True
+            entry = task.peers.upsert(SEED_ID, self.advertise, "", set(), False, self.clock(), seed=True)
         return entry
 
     async def _seed(self, task: TrackerTask) -> None:
