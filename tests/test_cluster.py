@@ -127,3 +127,19 @@ async def test_download_is_single_flight_per_peer(tmp_path):
         assert origin.bytes_sent <= 1.05 * len(blob)
         assert origin.requests == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_the_seed_is_a_neighbour_from_the_moment_a_task_is_registered(tmp_path):
+    """A peer whose registration joins a seeding that has not started yet may announce at
+    once: the answer must name the seed, or the peer, with no source at all, fetches its
+    first chunks from the origin (seen in bench/lab.py at N = 16)."""
+    from p2pdist.wire.tracker import Announce, TaskHave
+
+    origin = StaticOrigin({"layer": BLOB})
+    async with trio.open_nursery() as nursery:
+        c = await start_cluster(nursery, tmp_path, peers=0, origin=origin)
+        spec = TaskSpec(origin.url("layer"), sha256_digest(BLOB))
+        await c.tracker.register(spec)  # the seeding is started, not yet running
+        reply = c.tracker.announce(Announce("p1", "127.0.0.1:1", "", (TaskHave(spec.task_id, ""),)))
+        assert [n.seed for n in reply.neighbours[spec.task_id]] == [True]
+        nursery.cancel_scope.cancel()

@@ -447,11 +447,12 @@ class Download:
         """Drive the state machine until every chunk is held."""
         env, cfg = self.env, self.env.config
         in_flight: dict[int, trio.CancelScope] = {}
-        if sources_fixed is None and self._neighbours is None:
-            # Before the tracker's first answer there are no sources, and the engine would
-            # (rightly, for a peer with none) send everything to the origin: wait for it.
+        if sources_fixed is None and not self._neighbours:
+            # Before the tracker's first answer naming a source there are none, and the
+            # engine would (rightly, for a peer with none) send everything to the origin:
+            # wait for one (the seed is always named once the task is registered).
             with trio.move_on_after(cfg.chunk_timeout):
-                while self._neighbours is None:
+                while not self._neighbours:
                     await self.wait_changed()
         # Built only now, with no await before the first map_grew below: chunks that
         # _follow_map found in the store meanwhile must be in `have`, not fetched again.

@@ -172,6 +172,10 @@ class Tracker:
             return task
         task.error = None
         task.seeding = True  # before any await: concurrent registrations must not start a second fetch
+        # and the seed is a neighbour from now on: a peer whose registration joined this
+        # one may announce before the seeding starts, and with no neighbour at all it
+        # would fetch the first chunks from the origin (3-4 a peer in bench/lab.py, N = 16)
+        self._seed_entry(task)
         existing = await self.store.complete_map(task.task_id)
         if existing is not None:
             self._adopt(task, existing)
