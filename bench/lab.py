@@ -657,6 +657,8 @@ http {{
                 continue
             for k, v in labelled(m, "p2pdist_request_seconds_count", "route").items():
                 requests[f"peers {k}"] = requests.get(f"peers {k}", 0) + v
+            requests["peers' chunks back to source"] = (requests.get("peers' chunks back to source", 0)
+                                                        + metric(m, "p2pdist_back_to_source"))
             for metric_name, what in (("p2pdist_chunk_refusals_total", "refused"), ("p2pdist_chunks_failed_total", "failed")):
                 for k, v in labelled(m, metric_name, "reason").items():
                     requests[f"peers' asks {what}: {k}"] = requests.get(f"peers' asks {what}: {k}", 0) + v
