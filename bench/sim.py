@@ -42,7 +42,9 @@ Cost: about linear in N (the tracker's swarm answer and the seed's first-copy ru
 longer walk every peer); most of it is the peers rescheduling after each refused request
 (~4,000 per peer at N = 1,000, nearly all the seed's first-copy refusals). Measured on a
 shared 2-core box, one niced core: N = 16 1.1 s, N = 100 16 s, N = 1,000 260-280 s per
-run (see bench/RESULTS.md for N = 10,000). ``--dt`` is 0.02 s for every published row.
+run; N = 10,000 well over an hour (54 CPU-minutes for the first 21 simulated seconds;
+the per-peer cost grows as the peers trail the seed further). ``--dt`` is 0.02 s for
+every published row.
 """
 
 from __future__ import annotations
