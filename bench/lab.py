@@ -1178,7 +1178,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd = "python bench/lab.py " + shlex.join(argv if argv is not None else sys.argv[1:])
             slow = f"-slow{args.slow}" if args.slow else ""
             tag = f"-{args.tag}" if args.tag else ""
-            png = ROOT / "bench" / f"lab-n{args.hosts}{slow}{tag}.png"
+            rate = "" if args.rate == parse_rate("100mbit") else f"-{fmt_rate(args.rate)}"
+            png = ROOT / "bench" / f"lab-n{args.hosts}{rate}{slow}{tag}.png"
             title = f"N={args.hosts}, {fmt_size(args.size)}, {fmt_rate(args.rate)}" + (f" [{args.tag}]" if args.tag else "")
             if args.merge:
                 old = RUNS_DIR / f"n{args.hosts}-{fmt_size(args.size)}-{fmt_rate(args.rate)}{slow}{tag}.json"
