@@ -399,7 +399,7 @@ class _ServerConn:
         must be read (``O_DIRECT``, TLS) are read one piece ahead of the socket: the next
         piece comes off the disk while this one is sent, so neither waits for the other.
         Two buffers: the reader refills one only once the sender has taken the next."""
-        bufs = [self.buffers.get(), self.buffers.get()]
+        bufs: list[Any] = []  # taken from the pool at the first span that must be read
         send_ch, recv_ch = trio.open_memory_channel[tuple[Any, FileBody | None]](0)
 
         async def read_ahead() -> None:
@@ -411,8 +411,14 @@ class _ServerConn:
                             await send_ch.send((piece, None))
                         continue
                     if self.sock is not None and not is_direct(piece.fd):
-                        await send_ch.send((piece, piece))  # sendfile; the sender closes the fd
+                        try:
+                            await send_ch.send((piece, piece))  # sendfile; the sender closes the fd
+                        except BaseException:
+                            os.close(piece.fd)  # never handed over (the sender failed first)
+                            raise
                         continue
+                    if not bufs:
+                        bufs.extend((self.buffers.get(), self.buffers.get()))
                     try:
                         step = self._file_piece(piece)
                         offset, end = piece.offset, piece.offset + piece.count
