@@ -577,7 +577,11 @@ http {{
         lab, run = self.lab, self.work / system
         env = {"PYTHONUNBUFFERED": "1", **dict(kv.split("=", 1) for kv in self.args.env)}
         if self.args.src:
+            # PYTHONSAFEPATH: `python -m` would put the working directory first on the
+            # path, and run from the repository root that is the checkout, not --src
+            # (every --src run before this fix ran the checkout's code)
             env["PYTHONPATH"] = str(Path(self.args.src).resolve())
+            env["PYTHONSAFEPATH"] = "1"
         tracker_url = f"http://{TRACKER_IP}:{TRACKER_PORT}"
         tenv = {**env, **dict(kv.split("=", 1) for kv in self.args.tracker_env)}
         tp = self.procs.start(f"{system}-tracker", lab.tracker.name, [
@@ -849,6 +853,12 @@ def source_id(src: str | None) -> str:
     """Which p2pdist ran: HEAD's commit, and whether the working tree was used as is."""
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     if src:
+        # what the lab's processes will import (bench/lab.py's own run of the same command)
+        probe = subprocess.run([PYTHON, "-c", "import p2pdist; print(p2pdist.__file__)"], capture_output=True,
+                               text=True, env={**os.environ, "PYTHONPATH": str(Path(src).resolve()),
+                                               "PYTHONSAFEPATH": "1"})
+        if not probe.stdout.strip().startswith(str(Path(src).resolve())):
+            raise SystemExit(f"lab: --src {src} is not what python imports ({probe.stdout.strip() or probe.stderr})")
         marker = Path(src) / "COMMIT"  # written by whoever made the snapshot
         commit = marker.read_text().strip()[:7] if marker.exists() else f"unknown; HEAD now {head}"
         return f"snapshot of commit {commit} ({src})"
@@ -1094,6 +1104,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     global PREFIX, TMP_PREFIX, TBF_LATENCY, MTU, LINK
     args = build_parser().parse_args(argv)
+    if args.src:
+        source_id(args.src)  # fails now, not after the run, if --src is not what runs
     TBF_LATENCY, MTU, LINK = args.tbf_latency, args.mtu, args.link
     if not re.fullmatch(r"[a-z][a-z0-9]{1,11}-", args.prefix):
         print("lab: --prefix wants 2-12 lowercase letters/digits and a trailing '-'", file=sys.stderr)

@@ -72,6 +72,7 @@ def main() -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if args.src:
         env["PYTHONPATH"] = str(Path(args.src).resolve())
+        env["PYTHONSAFEPATH"] = "1"  # else `python -m` run from the checkout imports the checkout
     py = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
     cmd = [py, "-m", "p2pdist", "tracker", "--listen", f"127.0.0.1:{port}", "--data-dir", str(work / "t"),
            "--log-level", "warning"]
