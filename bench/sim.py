@@ -20,6 +20,11 @@ What is modelled (time-stepped, ``--dt`` seconds):
 * the seed (the tracker) receives the blob from the origin at ``--origin-rate`` and
   publishes each chunk when it is complete (cut-through); peers learn the map at once
   (the long poll);
+* the seed hands out fresh chunks (``--fresh``, as shipped; swarm only): each unfinished
+  peer keeps one ``/fresh`` long poll open, except while a chunk handed to it arrives,
+  and the seed gives each chunk it has never sent, oldest first, to a waiting peer with
+  the fewest first copies whenever it has a free upload slot — the tracker's own
+  ``FirstCopies.pick``/``give`` and the engine's ``DownloadState.incoming``;
 * announces: a peer announces ``--min-gap`` after it gains a chunk, else every
   ``--announce-interval`` s (the peer's defaults); the reply's neighbours (with their
   haves as the tracker knows them) become the peer's sources;
@@ -225,6 +230,30 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
         return fz
 
 
+    # the seed hands out fresh chunks (the tracker's /fresh long poll, swarm only): every
+    # unfinished peer keeps one poll open, except while a chunk handed to it is arriving
+    fresh_on = args.fresh and args.topology == "swarm"
+    fresh_from = 0  # chunks before it have all left the seed
+    receiving_fresh: set[str] = set()
+
+    def hand_out(now: float) -> None:
+        nonlocal fresh_from
+        while fresh_from < published and uploads["seed"] < slots["seed"]:
+            if not first_copies.unsent(str(fresh_from)):
+                fresh_from += 1
+                continue
+            waiting = [p for p in names if p not in finish and p not in receiving_fresh]
+            if not waiting:
+                return
+            host = first_copies.pick(waiting, rng)
+            first_copies.give(str(fresh_from), host, now)
+            if states[host].incoming(fresh_from, "seed", now):
+                transfers[(host, fresh_from)] = ["seed", float(sizes[fresh_from]), now, True]
+                uploads["seed"] += 1
+                downloads[host] += 1
+                receiving_fresh.add(host)
+            fresh_from += 1
+
     t_end_limit = args.max_time
     while len(finish) < n and t < t_end_limit:
         t += dt
@@ -241,9 +270,13 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
             if published == total:
                 seed_entry.complete = True
                 first_copies.retire(str(k) for k in range(total))
+            if fresh_on:
+                hand_out(t)  # at publication, before any peer learns of the chunk from the map
             for p in names:
                 if p not in finish:
                     handle(p, states[p].map_grew(published, total if published == total else None, t), t)
+        if fresh_on:
+            hand_out(t)
         # 2. move bytes
         done_list = []
         rates = maxmin_rates(transfers, up, down)
@@ -275,8 +308,12 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
             tr = transfers.pop(key)
             src = tr[0]
             dst, idx = key
+            if len(tr) > 3:
+                receiving_fresh.discard(dst)
             uploads[src] -= 1
             downloads[dst] -= 1
+            if fresh_on and src == "seed":
+                hand_out(t)  # as the tracker does: a freed slot goes to a waiting peer first
             if args.stats:
                 (st_xfer_seed if src == "seed" else st_xfer).append(t - tr[2])
                 if src == "seed":
@@ -393,6 +430,9 @@ def main() -> int:
     ap.add_argument("--busy-backoff", type=float,
                     default=inspect.signature(DownloadState).parameters["busy_backoff"].default,
                     help="how long a peer skips a source that answered busy (the engine's default)")
+    ap.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=True,
+                    help="the seed hands fresh chunks to the peers waiting for one (the tracker's "
+                         "/fresh long poll, as shipped); --no-fresh: only asked for, chunk by chunk")
     ap.add_argument("--back-to-source", action=argparse.BooleanOptionalAction, default=peer.back_to_source)
     ap.add_argument("--announce-interval", type=float, default=peer.announce_interval)
     ap.add_argument("--min-gap", type=float, default=MIN_ANNOUNCE_GAP)

@@ -12,6 +12,10 @@ and executes the actions returned:
   it, then report ``chunk_failed(index, peer_id, "timeout", now)``.
 - :class:`Done` — every chunk is held and the chunk count is final; emitted exactly once.
 
+A chunk may also arrive unasked (the seed hands fresh chunks to the peers waiting at its
+``/fresh`` long poll): :meth:`DownloadState.incoming` takes it in flight from its
+sender as if fetched, or declines it when it is held or in flight already.
+
 Every method returns the new fetches that fill free capacity. The driver verifies each
 chunk's BLAKE3 before calling :meth:`DownloadState.chunk_ok` (a mismatch is reported as
 ``"corrupt"``); this module trusts those reports and never sees bytes.
@@ -338,6 +342,26 @@ class DownloadState:
         self._recount()
         return self._schedule(now)
 
+    def incoming(self, index: int, source: str, now: float) -> bool:
+        """``source`` is sending chunk ``index`` unasked (the seed hands fresh chunks to
+        the peers waiting for one). Returns whether to take it: False if it is held or
+        already in flight (the driver then refuses the bytes). Taken, it is in flight
+        from ``source`` as if fetched — it counts toward the caps (``max_in_flight`` may
+        be exceeded by it: the fetches already running keep going), has a deadline, and
+        ends with :meth:`chunk_ok` or :meth:`chunk_failed` — and may be beyond
+        ``n_known`` (the map has not caught up yet)."""
+        if index < 0 or (self._total is not None and index >= self._total):
+            raise ValueError(f"chunk {index} is outside this blob ({self._total} chunks)")
+        if index in self._have or index in self._in_flight:
+            return False
+        self._pending.discard(index)
+        self._starving_since.pop(index, None)
+        self._primary_starving_since.pop(index, None)
+        self._in_flight[index] = source
+        self._load[source] = self._load.get(source, 0) + 1
+        self._deadline[index] = now + self.chunk_timeout
+        return True
+
     def chunk_ok(self, index: int, source: str | None, now: float) -> list[Action]:
         """Chunk ``index`` arrived and was verified (``source`` None: from the origin).
 
@@ -451,7 +475,8 @@ class DownloadState:
         if self._total is not None and n_known > self._total:
             raise ValueError(f"n_known {n_known} exceeds total {self._total}")
         if n_known > self._n_known:
-            self._pending.update(i for i in range(self._n_known, n_known) if i not in self._have)
+            self._pending.update(i for i in range(self._n_known, n_known)
+                                 if i not in self._have and i not in self._in_flight)
             self._n_known = n_known
 
     def _exhausted(self) -> set[int]:

@@ -1,5 +1,6 @@
-"""The chunk fast path, client side: ``GET /chunks/<blake3>`` over kept-alive raw trio
-sockets, the body read with ``recv_into`` straight into a caller's reused buffer.
+"""The chunk fast path, client side: ``GET /chunks/<blake3>`` (and the seed's ``/fresh``
+long poll) over kept-alive raw trio sockets, the body read with ``recv_into`` straight
+into a caller's reused buffer.
 
 httpx tops out near 0.45 GB/s here because it copies every 64 KiB piece; this path does
 no per-piece allocation (``shared/notes/perf-facts.md``). With a TLS context (the cluster
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import ssl
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -71,13 +73,39 @@ class ChunkClient:
 
         ``buf`` must hold the whole body (a chunk is never bigger than its chunk size, and
         a zstd body is only sent when smaller). The bytes are NOT verified here."""
+
+        async def into(headers: dict[str, str], length: int) -> memoryview:
+            view = memoryview(buf)
+            if length > len(view):
+                raise Unavailable(f"peer {addr} sent {length} bytes for a chunk of at most {len(view)}")
+            return view
+
+        n, headers = await self._request(addr, f"/chunks/{name}", into, accept_zstd, f"chunk {name[:16]}…")
+        return n, headers.get("content-encoding")
+
+    async def fetch_fresh(self, addr: str, task_id: str, wait: int,
+                          claim: Callable[[dict[str, str], int], Awaitable[memoryview]]
+                          ) -> tuple[int, dict[str, str]]:
+        """The seed's ``/fresh`` long poll on ``addr``: wait up to ``wait`` seconds for a
+        chunk the seed hands this peer unasked. ``await claim(headers, length)`` is called
+        on a 200 head (``x-chunk-index``, ``x-chunk-name``, ``content-encoding``) and returns
+        the buffer for the body, or raises to refuse it (the connection is then closed, so
+        the seed stops sending). Returns ``(nbytes, headers)``; ``nbytes`` is -1 for a 204
+        (nothing came: ``headers["x-fresh"]`` is ``end`` once the seed will hand out
+        nothing more). The bytes are NOT verified here."""
+        return await self._request(addr, f"/api/v1/tasks/{task_id}/fresh?wait={wait}", claim, True,
+                                   "a fresh chunk")
+
+    async def _request(self, addr: str, path: str,
+                       into: Callable[[dict[str, str], int], Awaitable[memoryview]],
+                       accept_zstd: bool, what: str) -> tuple[int, dict[str, str]]:
         conns = self._idle[addr]
         reused = bool(conns)
         conn = conns.pop() if conns else await self._connect(addr)
         ok = False
         try:
             try:
-                result = await self._exchange(conn, addr, name, buf, accept_zstd)
+                result = await self._exchange(conn, addr, path, into, accept_zstd, what)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, _ShortRead) as exc:
                 if not reused:
                     raise Unavailable(f"peer {addr} broke the connection: {exc}") from exc
@@ -85,7 +113,7 @@ class ChunkClient:
                 await trio.aclose_forcefully(conn.stream)
                 conn = await self._connect(addr)
                 try:
-                    result = await self._exchange(conn, addr, name, buf, accept_zstd)
+                    result = await self._exchange(conn, addr, path, into, accept_zstd, what)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, _ShortRead) as exc2:
                     raise Unavailable(f"peer {addr} broke the connection: {exc2}") from exc2
             ok = result[2]
@@ -102,10 +130,11 @@ class ChunkClient:
                 # forcefully: a TLS close_notify could wait on a peer that stopped reading
                 await trio.aclose_forcefully(conn.stream)
 
-    async def _exchange(self, conn: _Conn, addr: str, name: str, buf: bytearray | memoryview,
-                        accept_zstd: bool) -> tuple[int, str | None, bool]:
+    async def _exchange(self, conn: _Conn, addr: str, path: str,
+                        into: Callable[[dict[str, str], int], Awaitable[memoryview]],
+                        accept_zstd: bool, what: str) -> tuple[int, dict[str, str], bool]:
         enc = "accept-encoding: zstd\r\n" if accept_zstd else ""
-        req = f"GET /chunks/{name} HTTP/1.1\r\nhost: {addr}\r\n{enc}{self._extra}\r\n".encode()
+        req = f"GET {path} HTTP/1.1\r\nhost: {addr}\r\n{enc}{self._extra}\r\n".encode()
         await conn.stream.send_all(req)
         status, headers = await self._read_head(conn)
         length_s = headers.get("content-length")
@@ -113,27 +142,27 @@ class ChunkClient:
             raise Unavailable(f"peer {addr} sent no Content-Length")
         length = int(length_s)
         keep = headers.get("connection", "").lower() != "close"
+        if status == 204 and length == 0:
+            return -1, headers, keep
         if status != 200:
             if length > MAX_ERROR_BODY:
                 raise Unavailable(f"peer {addr} sent a {length}-byte error body")
             body = bytearray(length)
             await self._read_into(conn, memoryview(body), length)
-            raise self._error(status, bytes(body), addr, name, keep)
-        view = memoryview(buf)
-        if length > len(view):
-            raise Unavailable(f"peer {addr} sent {length} bytes for a chunk of at most {len(view)}")
+            raise self._error(status, bytes(body), addr, what, keep)
+        view = await into(headers, length)
         await self._read_into(conn, view, length)
         self.bytes_received += length
-        return length, headers.get("content-encoding"), keep
+        return length, headers, keep
 
-    def _error(self, status: int, body: bytes, addr: str, name: str, keep: bool) -> P2PError:
+    def _error(self, status: int, body: bytes, addr: str, what: str, keep: bool) -> P2PError:
         try:
             err = json.loads(body)["errors"][0]
             code, message = str(err["code"]), str(err["message"])
         except (ValueError, KeyError, IndexError, TypeError):
             code, message = "", f"HTTP {status}"
         if status == 404:
-            exc: P2PError = ChunkUnknown(f"peer {addr} does not hold chunk {name[:16]}…")
+            exc: P2PError = ChunkUnknown(f"peer {addr} does not hold {what}")
         elif status == 503:
             exc = Busy(f"peer {addr} is busy: {message}")
         else:

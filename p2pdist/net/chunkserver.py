@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import trio
 import zstandard
@@ -32,11 +32,14 @@ _MEMO = 4096
 
 
 class UploadSlots:
-    """A counter of concurrent uploads that refuses instead of queueing."""
+    """A counter of concurrent uploads that refuses instead of queueing. ``on_release``,
+    if set, is called after each release (the tracker hands a freed slot to a peer
+    waiting for a fresh chunk)."""
 
     def __init__(self, slots: int):
         self.slots = slots
         self.in_use = 0
+        self.on_release: Callable[[], None] | None = None
 
     def try_acquire(self) -> bool:
         if self.in_use >= self.slots:
@@ -46,6 +49,8 @@ class UploadSlots:
 
     def release(self) -> None:
         self.in_use -= 1
+        if self.on_release is not None:
+            self.on_release()
 
 
 # The fd may be the store's O_DIRECT one: reads go through read_span into aligned buffers,
@@ -87,7 +92,8 @@ def make_chunk_handler(store: ChunkStore, slots: UploadSlots, *, compression: bo
     first-copy rule, engine.firstcopy) before a slot is taken. ``refused(reason)`` is told
     of every refusal: ``missing``, ``busy``, or the first-copy rule's ``passed_on`` and
     ``reserved``."""
-    memo: OrderedDict[str, bool] = OrderedDict()
+    send = make_chunk_sender(store, slots, compression=compression, on_served=on_served,
+                             limiter=limiter, throttle=throttle)
 
     def refuse(reason: str, exc: P2PError) -> P2PError:
         if refused is not None:
@@ -105,6 +111,24 @@ def make_chunk_handler(store: ChunkStore, slots: UploadSlots, *, compression: bo
                 raise refuse(exc.reason, exc) from None
         if not slots.try_acquire():
             raise refuse("busy", Busy(f"all {slots.slots} upload slots are in use"))
+        return await send(name, request)
+
+    return handle
+
+
+ChunkSender = Callable[..., Awaitable[Response]]
+
+
+def make_chunk_sender(store: ChunkStore, slots: UploadSlots, *, compression: bool = True,
+                      on_served: Callable[[int], None] | None = None,
+                      limiter: trio.CapacityLimiter | None = None,
+                      throttle: TokenBucket | None = None) -> ChunkSender:
+    """``await send(name, request, headers=())``: the response carrying held chunk
+    ``name``, for a caller that has taken one of ``slots`` for it (released when the
+    response is over, or at once if making it fails)."""
+    memo: OrderedDict[str, bool] = OrderedDict()
+
+    async def send(name: str, request: Request, headers: Sequence[tuple[str, str]] = ()) -> Response:
         released = False
 
         def release() -> None:
@@ -135,16 +159,16 @@ def make_chunk_handler(store: ChunkStore, slots: UploadSlots, *, compression: bo
                     if on_served:
                         on_served(size)
                     return Response(200, [("content-type", "application/octet-stream"),
-                                          ("content-encoding", "zstd")],
+                                          ("content-encoding", "zstd"), *headers],
                                     _paced(body, throttle) if throttle is not None else body,
                                     content_length=len(body), on_close=release)
             if on_served:
                 on_served(size)
-            return Response(200, [("content-type", "application/octet-stream")],
+            return Response(200, [("content-type", "application/octet-stream"), *headers],
                             FileBody(fd, 0, size, throttle), on_close=release)
         except BaseException:
             os.close(fd)
             release()
             raise
 
-    return handle
+    return send

@@ -30,6 +30,10 @@ class Metrics:
         self.asks_refused = Counter("p2pdist_chunk_asks_refused", "Chunk asks this server refused "
                                     "(missing, busy; the seed's first-copy rule: passed_on, reserved)",
                                     ["reason"], registry=r)
+        self.fresh_handed = Counter("p2pdist_tracker_fresh_handed", "Fresh chunks the seed handed to a "
+                                    "waiting peer (the /fresh long poll)", registry=r)
+        self.fresh_received = Counter("p2pdist_fresh_received", "Fresh chunks the seed handed this peer "
+                                      "unasked (verified and stored)", registry=r)
         self.back_to_source = Counter("p2pdist_back_to_source", "Chunks fetched back from the origin", registry=r)
         self.active_tasks = Gauge("p2pdist_active_tasks", "Downloads or seedings in progress", registry=r)
         self.upload_slots_in_use = Gauge("p2pdist_upload_slots_in_use", "Chunk uploads in progress", registry=r)

@@ -32,7 +32,7 @@ import zstandard
 
 from p2pdist.backend.origin import Origin, read_full
 from p2pdist.backend.seed import seed_from_origin
-from p2pdist.core.chunkmap import ChunkMap, chunk_count, chunk_span
+from p2pdist.core.chunkmap import MAX_CHUNK_SIZE, ChunkMap, chunk_count, chunk_span
 from p2pdist.core.config import PeerConfig
 from p2pdist.core.digest import Digest
 from p2pdist.core.errors import (
@@ -60,6 +60,7 @@ from p2pdist.wire.tracker import MapProgress, Neighbour, decode_have
 log = logging.getLogger("p2pdist.download")
 
 IN_TURN_WAIT = 0.2  # seconds a landed chunk waits for its turn in a --node sha256 check
+FRESH_WAIT = 20  # seconds a /fresh long poll waits at the seed
 
 
 @dataclass
@@ -139,6 +140,7 @@ class Download:
         self._sha_next = 0
         self._sha_lock = trio.Lock()
         self._events_send, self._events_recv = trio.open_memory_channel[Any](1000)
+        self._state: DownloadState | None = None  # while _schedule runs
 
     # -- what readers and announcers see ----------------------------------------------------
 
@@ -392,8 +394,11 @@ class Download:
                     map_done.set()
 
             nursery.start_soon(follow)
+            fresh = trio.CancelScope()
+            nursery.start_soon(self._follow_fresh, fresh)
             self.env.request_announce()
             await self._schedule()
+            fresh.cancel()  # every chunk is here: wait for no more
             await map_done.wait()
         if lost:
             return False
@@ -464,6 +469,7 @@ class Download:
             # A chunk no live source can serve (its holders are gone, or the tracker that
             # would name new ones is) goes back to source after a chunk's time, not 30 s.
             source_wait=cfg.chunk_timeout, fallback_wait=cfg.fallback_wait, rng=env.rng)
+        self._state = state
         async with trio.open_nursery() as nursery:
             now = env.clock()
             # sources before the map: with a map and no sources the engine goes to the origin
@@ -572,7 +578,6 @@ class Download:
         env = self.env
         expected = self._expected_len(act.index)
         buf = await env.buffers.get(max(expected, 1))
-        result: tuple[str, Any]
         try:
             with scope:
                 try:
@@ -582,34 +587,125 @@ class Download:
                     got = await self._verify_and_store(act.index, buf, n, enc)
                     if enc in (None, "identity"):  # else the buffer holds the compressed bytes
                         await self._hash_in_turn(act.index, memoryview(buf)[:got])
-                except IntegrityError as exc:
-                    result = ("failed", (act.index, act.peer_id, "corrupt", exc))
-                    env.metrics.chunks_failed.labels("corrupt").inc()
-                    log.warning("task %s: peer %s served a corrupt chunk %d: dropped", self.task_id, act.peer_id, act.index)
-                except ChunkUnknown as exc:
-                    result = ("failed", (act.index, act.peer_id, "missing", exc))
-                    env.metrics.chunk_refusals.labels("missing").inc()
-                except Busy as exc:
-                    result = ("failed", (act.index, act.peer_id, "busy", exc))
-                    env.metrics.chunk_refusals.labels("busy").inc()
                 except P2PError as exc:
-                    result = ("failed", (act.index, act.peer_id, "error", exc))
-                    env.metrics.chunks_failed.labels("error").inc()
+                    result = self._landed(act.index, act.peer_id, 0, exc)
                 else:
-                    self.held.add(act.index)
-                    self.stats.bytes_from_peers += got
-                    self.stats.chunks_from_peers += 1
-                    env.metrics.bytes_from_peers.inc(got)
-                    env.metrics.chunks_verified.inc()
-                    result = ("ok", (act.index, act.peer_id))
-                    self._notify()
-                    env.request_announce()
+                    result = self._landed(act.index, act.peer_id, got, None)
             if scope.cancelled_caught:
-                result = ("failed", (act.index, act.peer_id, "timeout", None))
-                env.metrics.chunks_failed.labels("timeout").inc()
+                result = self._landed(act.index, act.peer_id, 0, None, timed_out=True)
         finally:
             env.buffers.put(buf)
         self._events_send.send_nowait(result)
+
+    def _landed(self, index: int, peer_id: str, got: int, exc: P2PError | None, *,
+                timed_out: bool = False) -> tuple[str, Any]:
+        """Count how a fetch of chunk ``index`` from ``peer_id`` ended (``exc`` None and not
+        ``timed_out``: ``got`` bytes verified and stored); the event for the scheduler."""
+        env = self.env
+        if timed_out:
+            env.metrics.chunks_failed.labels("timeout").inc()
+            return ("failed", (index, peer_id, "timeout", None))
+        if isinstance(exc, IntegrityError):
+            env.metrics.chunks_failed.labels("corrupt").inc()
+            log.warning("task %s: peer %s served a corrupt chunk %d: dropped", self.task_id, peer_id, index)
+            return ("failed", (index, peer_id, "corrupt", exc))
+        if isinstance(exc, ChunkUnknown):
+            env.metrics.chunk_refusals.labels("missing").inc()
+            return ("failed", (index, peer_id, "missing", exc))
+        if isinstance(exc, Busy):
+            env.metrics.chunk_refusals.labels("busy").inc()
+            return ("failed", (index, peer_id, "busy", exc))
+        if exc is not None:
+            env.metrics.chunks_failed.labels("error").inc()
+            return ("failed", (index, peer_id, "error", exc))
+        self.held.add(index)
+        self.stats.bytes_from_peers += got
+        self.stats.chunks_from_peers += 1
+        env.metrics.bytes_from_peers.inc(got)
+        env.metrics.chunks_verified.inc()
+        self._notify()
+        env.request_announce()
+        return ("ok", (index, peer_id))
+
+    async def _follow_fresh(self, scope: trio.CancelScope) -> None:
+        """Swarm mode, while the blob streams in at the tracker: keep one long poll open
+        at the seed for a chunk it has never sent (``/fresh``). The seed hands each fresh
+        chunk to one waiting peer the moment it is published, and the swarm passes it on;
+        asked for chunk by chunk instead, it idled between a publication and the asks
+        (engine.firstcopy). A chunk is taken only if the engine is not fetching it
+        already, and verified against its BLAKE3 like any other before it is stored."""
+        with scope:
+            while self._state is None:
+                await self.wait_changed()
+            while self.sealed is None:
+                seed = next((s for s in self._neighbours or () if s.seed), None)
+                if seed is None:
+                    await self.wait_changed()
+                    continue
+                try:
+                    if not await self._fresh_once(seed):
+                        return
+                except ChunkUnknown:
+                    return  # a seed that hands out nothing (an older tracker)
+                except P2PError as exc:
+                    log.debug("task %s: fresh chunks from %s: %s", self.task_id, seed.addr, exc)
+                    await trio.sleep(1.0)
+
+    async def _fresh_once(self, seed: Source) -> bool:
+        """One ``/fresh`` long poll: False once the seed will hand out nothing more. A
+        failure before a chunk was taken is raised (the poll failed); after, it is the
+        chunk's, reported to the scheduler like a fetch's."""
+        env = self.env
+        state = self._state
+        assert state is not None
+        claimed: list[tuple[int, str]] = []
+        bufs: list[mmap.mmap] = []
+        deadline = trio.CancelScope()  # armed once a chunk is taken: the fetch's deadline
+
+        async def claim(headers: dict[str, str], length: int) -> memoryview:
+            index_s, name = headers.get("x-chunk-index", ""), headers.get("x-chunk-name", "")
+            if not index_s.isdigit() or len(index_s) > 9 or length > MAX_CHUNK_SIZE:
+                raise Unavailable(f"seed {seed.addr} sent a fresh chunk without a valid index or size")
+            index = int(index_s)
+            if (self.total is not None and index >= self.total) or \
+                    (index < len(self.hashes) and self.hashes[index] != name):
+                raise Unavailable(f"seed {seed.addr} sent a fresh chunk {index} the map does not list")
+            if not state.incoming(index, seed.peer_id, env.clock()):
+                raise _NotWanted  # the connection is closed: the seed stops sending it
+            claimed.append((index, name))  # taken: from now on its end is reported
+            deadline.deadline = trio.current_time() + env.config.chunk_timeout
+            bufs.append(await env.buffers.get(max(length, self.chunk_size or 0, 1)))
+            return memoryview(bufs[0])[:length]
+
+        try:
+            got, failure = 0, None
+            with deadline:
+                try:
+                    n, headers = await env.chunks.fetch_fresh(seed.addr, self.task_id, FRESH_WAIT, claim)
+                    if n < 0:
+                        return headers.get("x-fresh") != "end"
+                    index, name = claimed[0]
+                    while index >= len(self.hashes):  # the map's long poll is a moment behind
+                        await self.wait_changed()
+                    if self.hashes[index] != name:
+                        raise IntegrityError(f"seed {seed.addr} sent chunk {index} as {name[:16]}…, "
+                                             f"the map lists {self.hashes[index][:16]}…")
+                    got = await self._verify_and_store(index, bufs[0], n, headers.get("content-encoding"))
+                except _NotWanted:
+                    return True
+                except P2PError as exc:
+                    if not claimed:
+                        raise
+                    failure = exc
+            index = claimed[0][0]
+            result = self._landed(index, seed.peer_id, got, failure, timed_out=deadline.cancelled_caught)
+            if result[0] == "ok":
+                env.metrics.fresh_received.inc()
+            self._events_send.send_nowait(result)
+            return True
+        finally:
+            for buf in bufs:
+                env.buffers.put(buf)
 
     async def _fetch_origin(self, index: int, scope: trio.CancelScope) -> None:
         env = self.env
@@ -642,6 +738,10 @@ class Download:
         finally:
             env.buffers.put(buf)
         self._events_send.send_nowait(result)
+
+
+class _NotWanted(Exception):
+    """A fresh chunk this download holds or is fetching already: refused."""
 
 
 def _fatal_origin(exc: P2PError, state: DownloadState) -> bool:

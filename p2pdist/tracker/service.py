@@ -31,7 +31,7 @@ from p2pdist.core.task import TaskSpec
 from p2pdist.engine.firstcopy import FirstCopies
 from p2pdist.engine.neighbours import NeighbourPolicy, PeerEntry, TaskPeers, choose_neighbours
 from p2pdist.net.auth import ComponentAuth
-from p2pdist.net.chunkserver import UploadSlots, make_chunk_handler
+from p2pdist.net.chunkserver import UploadSlots, make_chunk_handler, make_chunk_sender
 from p2pdist.net.http import Request, Response, Router, advertise_addr, serve_http
 from p2pdist.net.observe import Metrics, add_health_routes
 from p2pdist.storage.chunkstore import ChunkStore
@@ -86,6 +86,15 @@ class PeerRecord:
         return out
 
 
+@dataclass(eq=False)
+class FreshWaiter:
+    """One open ``/fresh`` long poll: the host asking, and the chunk handed to it."""
+
+    host: str
+    event: trio.Event = field(default_factory=trio.Event)
+    got: tuple[int, str] | None = None
+
+
 @dataclass
 class TrackerTask:
     task_id: str
@@ -100,6 +109,10 @@ class TrackerTask:
     origin_bytes: int = 0
     created: float = 0.0
     changed: trio.Event = field(default_factory=trio.Event)
+    # peers waiting for a fresh chunk (the /fresh long poll), and the first chunk that
+    # may not have left the seed yet (those before it all have)
+    waiters: list[FreshWaiter] = field(default_factory=list)
+    fresh_from: int = 0
 
     def notify(self) -> None:
         self.changed.set()
@@ -135,6 +148,8 @@ class Tracker:
         self.policy = NeighbourPolicy(config.topology, fanout=config.fanout, swarm_size=config.swarm_size)
         self.fleet: dict[str, PeerRecord] = {}
         self.slots = UploadSlots(config.upload_slots)
+        self.slots.on_release = self._dispatch_waiting
+        self._waiting: set[str] = set()  # tasks with peers waiting for a fresh chunk
         metrics.upload_slots_in_use.set_function(lambda: self.slots.in_use)
         self._origin_budget: dict[str, trio.Semaphore] = {}
         self.first_copies = FirstCopies(config.seed_grace)
@@ -215,6 +230,7 @@ class Tracker:
             seed.have.add(index)
             self.first_copies.publish(name)
             task.notify()
+            self._dispatch(task)
 
         log.info("seeding task %s from origin", task.task_id)
         try:
@@ -238,6 +254,7 @@ class Tracker:
             self.store.unpin(task.chunks)
             self.first_copies.retire(task.chunks)
             task.seeding = False
+            self._end_fresh(task)
             self.metrics.active_tasks.dec()
             task.notify()
 
@@ -255,6 +272,73 @@ class Tracker:
                 while task.sealed is None and task.error is None:
                     await task.changed.wait()
         return task.progress(min(known, len(task.chunks)))
+
+    # -- fresh chunks: the seed hands them out ---------------------------------------------
+
+    async def wait_fresh(self, task_id: str, host: str, wait: float) -> tuple[int, str] | None:
+        """The long poll behind ``GET /api/v1/tasks/<task>/fresh``: wait up to ``wait``
+        seconds for the seed to hand ``host`` a chunk it has never sent (swarm only, while
+        the blob streams in). Returns ``(index, name)`` with one of the seed's upload
+        slots taken for it (the caller's response releases it), or None: nothing within
+        ``wait``, or nothing will come (see :meth:`fresh_open`)."""
+        task = self.tasks.get(task_id)
+        if task is None or task.spec is None:
+            raise TaskUnknown(f"no such task {task_id}: register it first")
+        if not self.fresh_open(task):
+            return None
+        waiter = FreshWaiter(host)
+        task.waiters.append(waiter)
+        self._waiting.add(task_id)
+        self._dispatch(task)
+        try:
+            with trio.move_on_after(min(wait, MAX_WAIT)):
+                await waiter.event.wait()
+        except BaseException:
+            if waiter.got is not None:
+                self.slots.release()
+            raise
+        finally:
+            if waiter.got is None and waiter in task.waiters:
+                task.waiters.remove(waiter)
+        return waiter.got
+
+    def fresh_open(self, task: TrackerTask) -> bool:
+        """Whether a ``/fresh`` long poll on ``task`` may still get a chunk: the seed
+        hands out fresh chunks only in swarm mode, while the blob streams in."""
+        return task.seeding and self.policy.name == "swarm"
+
+    def _dispatch(self, task: TrackerTask) -> None:
+        """Hand the oldest chunks the seed has never sent to the waiting hosts with the
+        fewest first copies, while upload slots are free."""
+        fc = self.first_copies
+        while task.waiters:
+            while task.fresh_from < len(task.chunks) and not fc.unsent(task.chunks[task.fresh_from]):
+                task.fresh_from += 1
+            if task.fresh_from >= len(task.chunks) or not self.slots.try_acquire():
+                return
+            name = task.chunks[task.fresh_from]
+            host = fc.pick({w.host for w in task.waiters}, self.rng)
+            waiter = next(w for w in task.waiters if w.host == host)
+            task.waiters.remove(waiter)
+            fc.give(name, host, self.clock())
+            waiter.got = (task.fresh_from, name)
+            waiter.event.set()
+            self.metrics.fresh_handed.inc()
+            task.fresh_from += 1
+
+    def _dispatch_waiting(self) -> None:
+        for task_id in list(self._waiting):
+            task = self.tasks.get(task_id)
+            if task is None or not task.waiters:
+                self._waiting.discard(task_id)
+            else:
+                self._dispatch(task)
+
+    def _end_fresh(self, task: TrackerTask) -> None:
+        for waiter in task.waiters:
+            waiter.event.set()
+        task.waiters.clear()
+        self._waiting.discard(task.task_id)
 
     # -- announces ------------------------------------------------------------------------
 
@@ -335,6 +419,21 @@ class Tracker:
             wait = float(_int_arg(request, "wait", 0))
             return Response.json((await self.map_progress(task_id, known, wait)).to_dict())
 
+        send_chunk = make_chunk_sender(self.store, self.slots, on_served=self.metrics.bytes_served.inc)
+
+        async def fresh(request: Request) -> Response:
+            task_id = parse_task_id(request.params["task_id"])
+            wait = float(_int_arg(request, "wait", 0))
+            host = request.client[0] if request.client else ""
+            got = await self.wait_fresh(task_id, host, wait)
+            if got is None:
+                # "end": this task's seed hands out nothing more; else ask again
+                task = self.tasks.get(task_id)
+                more = task is not None and self.fresh_open(task)
+                return Response(204, [("x-fresh", "wait" if more else "end")])
+            index, name = got
+            return await send_chunk(name, request, [("x-chunk-index", str(index)), ("x-chunk-name", name)])
+
         async def announce(request: Request) -> Response:
             ann = decode_announce(await request.json(MAX_ANNOUNCE_BYTES))
             return Response.json(self.announce(ann).to_dict())
@@ -349,6 +448,7 @@ class Tracker:
         auth = ComponentAuth(self.config.cluster_secret, mtls=self.tls is not None)
         r.route("POST", "/api/v1/tasks", auth.guard(register))
         r.route("GET", "/api/v1/tasks/{task_id}/map", auth.guard(get_map))
+        r.route("GET", "/api/v1/tasks/{task_id}/fresh", auth.guard(fresh))
         r.route("POST", "/api/v1/announce", auth.guard(announce))
         r.route("POST", "/api/v1/heartbeat", auth.guard(heartbeat))
         r.route("GET", "/api/v1/status", status)  # the read-only fleet view, as /ui shows it
