@@ -25,6 +25,9 @@ What is modelled (time-stepped, ``--dt`` seconds):
   and the seed gives each chunk it has never sent, oldest first, to a waiting peer with
   the fewest first copies whenever it has a free upload slot — the tracker's own
   ``FirstCopies.pick``/``give`` and the engine's ``DownloadState.incoming``;
+* the map and announce answers list the chunks the seed withholds from the asking peer
+  (``--withheld``, as shipped: first copies handed to others within ``seed_grace``), which
+  the engine treats as refused without asking (``FirstCopies.withheld``);
 * announces: a peer announces ``--min-gap`` after it gains a chunk, else every
   ``--announce-interval`` s (the peer's defaults); the reply's neighbours (with their
   haves as the tracker knows them) become the peer's sources;
@@ -234,6 +237,7 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
     # unfinished peer keeps one poll open, except while a chunk handed to it is arriving
     fresh_on = args.fresh and args.topology == "swarm"
     fresh_from = 0  # chunks before it have all left the seed
+    pub_names: list[str] = []  # the chunk names published so far (the tracker's task.chunks)
     receiving_fresh: set[str] = set()
 
     def hand_out(now: float) -> None:
@@ -272,8 +276,13 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 first_copies.retire(str(k) for k in range(total))
             if fresh_on:
                 hand_out(t)  # at publication, before any peer learns of the chunk from the map
+            first_new = len(pub_names)
+            pub_names.extend(str(k) for k in range(first_new, published))
             for p in names:
                 if p not in finish:
+                    # the map answer lists what the seed withholds from this peer (as the tracker's)
+                    if args.withheld and args.topology == "swarm":
+                        states[p].withheld("seed", first_copies.withheld(pub_names, p, t, first_new))
                     handle(p, states[p].map_grew(published, total if published == total else None, t), t)
         if fresh_on:
             hand_out(t)
@@ -335,8 +344,11 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 chosen = choose_neighbours(tracker, p, policy, rng, t)
                 parents = set(tracker.parent_of.get(p, ())) if policy.name == "tree" else None
                 # as the peer does (Download.on_neighbours): a seed holds every listed chunk
+                withheld = (frozenset(first_copies.withheld(pub_names, p, t))
+                            if args.withheld and args.topology == "swarm" and published < total else frozenset())
                 srcs = [Source(e.peer_id, e.peer_id, None if e.seed else have_of(e), seed=e.seed,
-                               fallback=parents is not None and e.peer_id not in parents)
+                               fallback=parents is not None and e.peer_id not in parents,
+                               withheld=withheld if e.seed else frozenset())
                         for e in chosen if e.peer_id != p]
                 if p not in finish:
                     handle(p, states[p].set_sources(srcs, t), t)
@@ -433,6 +445,9 @@ def main() -> int:
     ap.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=True,
                     help="the seed hands fresh chunks to the peers waiting for one (the tracker's "
                          "/fresh long poll, as shipped); --no-fresh: only asked for, chunk by chunk")
+    ap.add_argument("--withheld", action=argparse.BooleanOptionalAction, default=True,
+                    help="the map and announce answers list what the seed withholds from each peer "
+                         "(as shipped); --no-withheld: peers learn it from refused asks")
     ap.add_argument("--back-to-source", action=argparse.BooleanOptionalAction, default=peer.back_to_source)
     ap.add_argument("--announce-interval", type=float, default=peer.announce_interval)
     ap.add_argument("--min-gap", type=float, default=MIN_ANNOUNCE_GAP)

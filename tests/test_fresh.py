@@ -190,3 +190,94 @@ async def test_a_tree_seed_hands_out_nothing(tmp_path, nursery):
         r = await _fresh(f"{c.tracker_url}/api/v1/tasks/{spec.task_id}/fresh?wait=10", "127.0.0.2")
     assert r.status_code == 204 and r.headers["x-fresh"] == "end"
     nursery.cancel_scope.cancel()
+
+
+# -- the seed says what it withholds -------------------------------------------------------
+
+
+def test_withheld_lists_the_first_copies_gone_to_other_hosts_within_the_grace() -> None:
+    fc = FirstCopies(grace=5.0)
+    names = ["c0", "c1", "c2", "c3"]
+    for c in names:
+        fc.publish(c)
+    fc.give("c0", "a", 0.0)
+    fc.admit("c2", "b", 1.0)
+    assert fc.withheld(names, "b", 2.0) == [0]  # its own first copy is not withheld from b
+    assert fc.withheld(names, "c", 2.0) == [0, 2]
+    assert fc.withheld(names, "c", 2.0, start=1) == [2]
+    assert fc.withheld(names, "c", 5.5) == [2]  # c0's grace ran out: it may be sent again
+    fc.retire(names)
+    assert fc.withheld(names, "c", 5.5) == []  # streamed in: served freely
+
+
+def test_a_source_that_withholds_chunks_is_not_asked_for_them() -> None:
+    from p2pdist.engine.download import Source
+
+    st = DownloadState(max_in_flight=4, per_source_in_flight=1, origin_fallback=False, rng=random.Random(0))
+    st.set_sources([Source("seed", "s:1", None, seed=True, withheld=frozenset({0, 1})),
+                    Source("p", "p:1", frozenset({0}))], 0.0)
+    asked = {(a.index, a.peer_id) for a in st.map_grew(4, 4, 0.0) if isinstance(a, Fetch)}
+    assert (0, "seed") not in asked and (1, "seed") not in asked
+    assert (0, "p") in asked
+    # the map answer's list, before the chunks are revealed
+    st2 = DownloadState(max_in_flight=4, per_source_in_flight=4, origin_fallback=False, rng=random.Random(0))
+    st2.set_sources([Source("seed", "s:1", None, seed=True)], 0.0)
+    st2.withheld("seed", [1, 2])
+    assert sorted(a.index for a in st2.map_grew(4, 4, 0.0) if isinstance(a, Fetch)) == [0, 3]
+    # the next source list is the news: what it does not list may be asked for again
+    assert sorted(a.index for a in st2.set_sources([Source("seed", "s:1", None, seed=True)], 0.1)
+                  if isinstance(a, Fetch)) == [1, 2]
+
+
+async def test_map_and_announce_answers_list_what_the_seed_withholds_from_the_asker(tmp_path, nursery):
+    from p2pdist.wire.tracker import AnnounceReply, MapProgress, decode_have
+
+    blob = make_blob(6 * MiB, seed=45)
+    origin = StaticOrigin({"b": blob}, delay=0.4)
+    await nursery.start(origin.serve)
+    c = await start_cluster(nursery, tmp_path, peers=0, origin=origin)
+    spec = TaskSpec(origin.url("b"), sha256_digest(blob))
+    await c.tracker.register(spec)
+    with trio.fail_after(20):
+        first = await _fresh(f"{c.tracker_url}/api/v1/tasks/{spec.task_id}/fresh?wait=10", "127.0.0.2")
+    assert first.status_code == 200 and first.headers["x-chunk-index"] == "0"
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address="127.0.0.3")) as other:
+        prog = MapProgress.from_dict((await other.get(
+            f"{c.tracker_url}/api/v1/tasks/{spec.task_id}/map?known=0")).json())
+        assert 0 in prog.withheld
+        ann = {"peer_id": "p3", "addr": "127.0.0.3:1", "tasks": [{"task_id": spec.task_id, "have": ""}]}
+        reply = AnnounceReply.from_dict((await other.post(f"{c.tracker_url}/api/v1/announce", json=ann)).json())
+        (seed,) = [n for n in reply.neighbours[spec.task_id] if n.seed]
+        assert 0 in decode_have(seed.withheld)
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2")) as same:
+        prog = MapProgress.from_dict((await same.get(
+            f"{c.tracker_url}/api/v1/tasks/{spec.task_id}/map?known=0")).json())
+        assert 0 not in prog.withheld  # the host it went to may ask again (a retried transfer)
+    nursery.cancel_scope.cancel()
+
+
+def test_a_map_answer_naming_chunks_it_does_not_carry_is_refused() -> None:
+    from p2pdist.core.errors import BodyInvalid
+    from p2pdist.wire.tracker import MapProgress
+
+    good = MapProgress("a" * 64, 1024, 4096, 2, ("b" * 64, "c" * 64), 4, withheld=(3,))
+    assert MapProgress.from_dict(good.to_dict()) == good
+    for bad in ([1], [4], ["3"], [True], "3"):
+        with pytest.raises(BodyInvalid):
+            MapProgress.from_dict({**good.to_dict(), "withheld": bad})
+
+
+def test_a_withheld_chunk_waits_for_the_swarm_and_never_goes_back_to_source() -> None:
+    """The seed holds it and sends it again once its grace runs out: the starvation
+    clock (source_wait, then the origin) is for chunks nobody holds. Counting withheld
+    chunks as lacking sent 1.3 x the blob back to source in bench/lab.py (N = 16)."""
+    from p2pdist.engine.download import FetchOrigin, Source
+
+    st = DownloadState(max_in_flight=4, per_source_in_flight=4, source_wait=1.0, rng=random.Random(0))
+    st.set_sources([Source("seed", "s:1", None, seed=True, withheld=frozenset({0}))], 0.0)
+    first = st.map_grew(2, 2, 0.0)
+    assert [a.index for a in first if isinstance(a, Fetch)] == [1]
+    assert not [a for a in st.tick(5.0) if isinstance(a, FetchOrigin)]
+    # the next source list does not withhold it: asked for at once
+    assert [a.index for a in st.set_sources([Source("seed", "s:1", None, seed=True)], 5.1)
+            if isinstance(a, Fetch)] == [0]

@@ -79,7 +79,9 @@ What a failure does to its source:
   accepts connections and then never answers must not keep eating ``chunk_timeout``).
 - ``missing`` — the source is assumed not to hold that chunk until its next ``have``
   update: a changed ``have`` in :meth:`set_sources`, or any :meth:`set_sources` for a
-  source of unknown ``have`` (the announce answer is the only news about it).
+  source of unknown ``have`` (the announce answer is the only news about it). A source
+  may say so before it is asked (``Source.withheld``, :meth:`DownloadState.withheld`:
+  the seed's first copies handed to other peers), which saves the refused ask.
 - ``busy`` — the source is skipped for ``busy_backoff`` seconds; no strike. But a
   *seed* refusing while fetches of this download are still in flight there is full
   with them (or with them and this peer's other downloads): it is asked again as soon
@@ -122,6 +124,9 @@ class Source:
     # Holds every listed chunk (the tracker): its "busy" means "ask again soon", never
     # "go to the origin" — the origin is the most expensive place to get a byte.
     seed: bool = False
+    # Chunks it says it will not send us for now (a seed's first copies gone to other
+    # peers): treated as answered "missing" until the next source list.
+    withheld: frozenset[int] = _NONE
 
 
 @dataclass(frozen=True)
@@ -241,6 +246,9 @@ class DownloadState:
         self._dropped: set[str] = set()
         self._strikes: dict[str, int] = {}
         self._missing: dict[str, set[int]] = {}
+        # what a source says it will not send now (the seed's first copies gone to others):
+        # not asked for, yet still covered — the source holds it, so no starvation clock
+        self._withheld: dict[str, set[int]] = {}
         self._cooldown: dict[str, float] = {}
         self._full: set[str] = set()  # refused busy with our fetches in flight: until one ends
         self._avail: dict[int, int] = {}
@@ -335,6 +343,10 @@ class DownloadState:
             old = self._sources.get(pid)
             if s.have is None or old is None or old.have != s.have:
                 self._missing.pop(pid, None)
+            if s.withheld:
+                self._withheld[pid] = set(s.withheld)
+            else:
+                self._withheld.pop(pid, None)
             if (not s.fallback and old is not None and s.have is not None and old.have is not None
                     and not s.have <= old.have):
                 self._primaries_progressed = now
@@ -361,6 +373,14 @@ class DownloadState:
         self._load[source] = self._load.get(source, 0) + 1
         self._deadline[index] = now + self.chunk_timeout
         return True
+
+    def withheld(self, source: str, indices: Iterable[int]) -> None:
+        """``source`` says it will not send ``indices`` for now (the seed's map answer:
+        first copies it handed to other peers): not asked for them until the next source
+        list says otherwise. Unlike a "missing" answer this starts no starvation clock:
+        the source holds them and will send them once the others have had their chance.
+        Call it before :meth:`map_grew` reveals them, or they may be asked for first."""
+        self._withheld.setdefault(source, set()).update(indices)
 
     def chunk_ok(self, index: int, source: str | None, now: float) -> list[Action]:
         """Chunk ``index`` arrived and was verified (``source`` None: from the origin).
@@ -558,23 +578,32 @@ class DownloadState:
             actions.append(Done())
         return actions
 
+    def _unasked(self, pid: str) -> set[int] | frozenset[int]:
+        """What not to ask ``pid`` for now: what it answered missing or withholds."""
+        miss = self._missing.get(pid, _NONE)
+        held_back = self._withheld.get(pid)
+        return miss | held_back if held_back else miss
+
     def _uncovered(self, pending: set[int], sources: list[Source],
-                   allowed: set[int] | None = None) -> set[int]:
+                   allowed: set[int] | None = None, *, asking: bool = False) -> set[int]:
         """The pending chunks none of ``sources`` could serve; with ``allowed`` given, a
-        fallback source counts only for the chunks in it (as in :meth:`_schedule_peers`)."""
+        fallback source counts only for the chunks in it (as in :meth:`_schedule_peers`).
+        ``asking``: what could be asked for now (withheld chunks are not), else what is
+        covered at all (the starvation clocks: a source withholding a chunk holds it)."""
+        refused = self._unasked if asking else (lambda pid: self._missing.get(pid, _NONE))
         # The answer does not depend on the order; unknown-have sources (a seed) go
         # first, as each leaves only what it refused, which makes the rest cheap.
         uncovered = pending
         for s in sources:
             if s.have is None and not (allowed is not None and s.fallback):
-                uncovered = uncovered & self._missing.get(s.peer_id, _NONE)
+                uncovered = uncovered & refused(s.peer_id)
                 if not uncovered:
                     return uncovered
         for s in sources:
             if allowed is not None and s.fallback:
                 uncovered = uncovered - (self._could_serve(s, uncovered) & allowed)
             elif s.have is not None:
-                miss = self._missing.get(s.peer_id)
+                miss = refused(s.peer_id)
                 uncovered = (uncovered - s.have) | (uncovered & miss) if miss else uncovered - s.have
             else:
                 continue
@@ -642,7 +671,7 @@ class DownloadState:
             spare = [s for s in ready if self._load.get(s.peer_id, 0) < cap]
             # What some spare source could serve: the pending chunks none of them could
             # (computed as _uncovered does: cheap once the seed has left only what it refused).
-            candidates = self._pending - self._uncovered(self._pending, spare, allowed)
+            candidates = self._pending - self._uncovered(self._pending, spare, allowed, asking=True)
             # Exhausted chunks belong to the origin; they wait for its capacity.
             candidates -= exhausted
             if not candidates:
@@ -655,13 +684,14 @@ class DownloadState:
                 policy=policy,
             )
             assigned = 0
+            unasked = {s.peer_id: self._unasked(s.peer_id) for s in spare}
             for i in picks:
                 options = [
                     s
                     for s in spare
                     if self._load.get(s.peer_id, 0) < cap
                     and (s.have is None or i in s.have)
-                    and i not in self._missing.get(s.peer_id, ())
+                    and i not in unasked[s.peer_id]
                     and (not s.fallback or i in allowed)
                 ]
                 if not options:

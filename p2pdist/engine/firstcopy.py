@@ -29,6 +29,10 @@ its next announce); by then the first receiver holds it and has announced it.
   the asks that followed it, and refused the race of asks for each fresh chunk
   (bench/sim.py: the seed's upload 0.85-0.95 used while the blob streamed in; handed
   out, 0.98-1.0, and N = 16 1.19 -> 1.15 × T_min).
+- The seed says what it withholds: the map and announce answers list, for the asking
+  host, the chunks it would refuse now (:meth:`withheld`), so peers do not ask for
+  them. Each fresh chunk otherwise drew one refused ask from nearly every peer, the
+  moment the map revealed it (bench/lab.py, N = 16: ~3,000-4,000 refusals a run).
 - Chunks of a blob whose origin stream has ended (sealed or failed) are served freely:
   the seed's upload is then no longer racing the origin, and the end phase needs every
   holder it can get.
@@ -40,7 +44,7 @@ and needs every chunk from it. Pure: no clock, no I/O; the tracker passes ``now`
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from p2pdist.core.errors import ChunkPassedOn
 
@@ -131,6 +135,19 @@ class FirstCopies:
             self._count(mine, -1)
             self._count(mine + 1, +1)
         self._fresh[name] = (now, host)
+
+    def withheld(self, names: Sequence[str], host: str, now: float, start: int = 0) -> list[int]:
+        """Indices (from ``start``) of the chunks of ``names`` that :meth:`admit` would
+        refuse ``host`` now because another host received them within ``grace``: told to
+        the peers with the map and announce answers, they are not asked for at all."""
+        if self.grace <= 0 or not self._fresh:
+            return []
+        out = []
+        for i in range(start, len(names)):
+            sent = self._fresh.get(names[i])
+            if sent is not None and sent[1] != host and now - sent[0] < self.grace:
+                out.append(i)
+        return out
 
     def _count(self, level: int, delta: int) -> None:
         left = self._levels.get(level, 0) + delta

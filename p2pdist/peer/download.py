@@ -166,8 +166,9 @@ class Download:
             # a seed holds every chunk the map lists, including those published after this
             # answer was written: "unknown" (may hold anything known) is exact for it
             have = None if n.seed else decode_have(n.have, self.total)
+            withheld = decode_have(n.withheld, self.total) if n.withheld else None
             srcs.append(Source(n.peer_id, n.addr, frozenset(have) if have is not None else None,
-                               fallback=n.fallback, seed=n.seed))
+                               fallback=n.fallback, seed=n.seed, withheld=frozenset(withheld or ())))
         self._neighbours = srcs
         self._events_send.send_nowait(("sources", srcs))
         self._notify()
@@ -445,7 +446,7 @@ class Download:
                 if self.spec.digest is not None and digest != self.spec.digest:
                     raise IntegrityError(f"tracker sealed {digest}, expected {self.spec.digest}")
                 self.sealed = ChunkMap(digest, prog.size, prog.chunk_size, tuple(self.hashes))
-            self._events_send.send_nowait(("map", None))
+            self._events_send.send_nowait(("map", prog.withheld))
             self._notify()
 
     async def _schedule(self, sources_fixed: Sequence[Source] | None = None) -> None:
@@ -510,6 +511,9 @@ class Download:
                     # tell the engine before it learns their hashes, or it fetches them.
                     reused = [i for i in self.held if i not in in_flight and not state.holds(i)]
                     actions = state.chunks_held(reused, now) if reused else []
+                    if payload:  # the seed withholds these from us: not asked, not refused
+                        for seed in (s for s in self._neighbours or () if s.seed):
+                            state.withheld(seed.peer_id, payload)
                     actions += state.map_grew(len(self.hashes), self.total, now)
                 elif kind == "sources":
                     if sources_fixed is None:

@@ -258,7 +258,7 @@ class Tracker:
             self.metrics.active_tasks.dec()
             task.notify()
 
-    async def map_progress(self, task_id: str, known: int, wait: float) -> MapProgress:
+    async def map_progress(self, task_id: str, known: int, wait: float, host: str | None = None) -> MapProgress:
         task = self.tasks.get(task_id)
         if task is None or task.spec is None:
             raise TaskUnknown(f"no such task {task_id}: register it first")
@@ -271,7 +271,11 @@ class Tracker:
             with trio.move_on_after(MAP_COALESCE):
                 while task.sealed is None and task.error is None:
                     await task.changed.wait()
-        return task.progress(min(known, len(task.chunks)))
+        prog = task.progress(min(known, len(task.chunks)))
+        if host is not None and task.seeding and self.policy.name == "swarm":
+            withheld = self.first_copies.withheld(task.chunks, host, self.clock(), prog.offset)
+            prog = dataclasses.replace(prog, withheld=tuple(withheld))
+        return prog
 
     # -- fresh chunks: the seed hands them out ---------------------------------------------
 
@@ -342,7 +346,9 @@ class Tracker:
 
     # -- announces ------------------------------------------------------------------------
 
-    def announce(self, ann: Announce) -> AnnounceReply:
+    def announce(self, ann: Announce, host: str = "") -> AnnounceReply:
+        """``host``: the announcing peer's address as the seed sees it (the first-copy
+        rule tells hosts apart by it)."""
         now = self.clock()
         self._record(ann.peer_id, ann.addr, ann.zone, now)
         neighbours: dict[str, tuple[Neighbour, ...]] = {}
@@ -356,9 +362,13 @@ class Tracker:
             chosen = choose_neighbours(task.peers, ann.peer_id, self.policy, self.rng, now)
             # tree: a seed handed out beside the assigned parents is the last resort only
             parents = set(task.peers.parent_of.get(ann.peer_id, ())) if self.policy.name == "tree" else None
+            withheld = (encode_have(self.first_copies.withheld(task.chunks, host, now))
+                        if task.seeding and self.policy.name == "swarm" and any(e.seed for e in chosen)
+                        else "")
             neighbours[th.task_id] = tuple(
                 Neighbour(e.peer_id, e.addr, e.zone, encode_have(e.have, e.complete),
-                          fallback=parents is not None and e.peer_id not in parents, seed=e.seed)
+                          fallback=parents is not None and e.peer_id not in parents, seed=e.seed,
+                          withheld=withheld if e.seed else "")
                 for e in chosen)
             self.metrics.announces.inc()
         return AnnounceReply(self.config.announce_interval, neighbours)
@@ -417,7 +427,8 @@ class Tracker:
             task_id = parse_task_id(request.params["task_id"])
             known = _int_arg(request, "known", 0)
             wait = float(_int_arg(request, "wait", 0))
-            return Response.json((await self.map_progress(task_id, known, wait)).to_dict())
+            host = request.client[0] if request.client else ""
+            return Response.json((await self.map_progress(task_id, known, wait, host)).to_dict())
 
         send_chunk = make_chunk_sender(self.store, self.slots, on_served=self.metrics.bytes_served.inc)
 
@@ -436,7 +447,8 @@ class Tracker:
 
         async def announce(request: Request) -> Response:
             ann = decode_announce(await request.json(MAX_ANNOUNCE_BYTES))
-            return Response.json(self.announce(ann).to_dict())
+            host = request.client[0] if request.client else ""
+            return Response.json(self.announce(ann, host).to_dict())
 
         async def status(request: Request) -> Response:
             return Response.json(self.status())

@@ -143,11 +143,17 @@ class MapProgress:
     sealed: bool = False
     digest: str | None = None
     error: dict[str, str] | None = None
+    # of ``chunks``, the indices the seed withholds from the asker for now: it handed
+    # them to other peers as first copies (engine.firstcopy), so asking it would be refused
+    withheld: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task_id": self.task_id, "chunk_size": self.chunk_size, "size": self.size,
-                "offset": self.offset, "chunks": list(self.chunks), "total": self.total,
-                "sealed": self.sealed, "digest": self.digest, "error": self.error}
+        d = {"task_id": self.task_id, "chunk_size": self.chunk_size, "size": self.size,
+             "offset": self.offset, "chunks": list(self.chunks), "total": self.total,
+             "sealed": self.sealed, "digest": self.digest, "error": self.error}
+        if self.withheld:
+            d["withheld"] = list(self.withheld)
+        return d
 
     @classmethod
     def from_dict(cls, body: Any) -> MapProgress:
@@ -168,9 +174,15 @@ class MapProgress:
         if err is not None and not (isinstance(err, dict) and isinstance(err.get("code"), str)
                                     and isinstance(err.get("message"), str)):
             raise BodyInvalid("map: error must be {code, message}")
+        offset = ints["offset"] or 0
+        withheld = d.get("withheld", [])
+        if not isinstance(withheld, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and offset <= i < offset + len(chunks)
+                for i in withheld):
+            raise BodyInvalid("map: withheld must list indices of the chunks in this answer")
         return cls(parse_task_id(d.get("task_id", "")), ints["chunk_size"], ints["size"],
-                   ints["offset"] or 0, tuple(chunks), ints["total"], _bool(d, "sealed", "map"),
-                   digest, err)
+                   offset, tuple(chunks), ints["total"], _bool(d, "sealed", "map"),
+                   digest, err, tuple(withheld))
 
 
 # -- announce ---------------------------------------------------------------------------
@@ -220,10 +232,14 @@ class Neighbour:
     have: str  # encoded
     fallback: bool = False  # a last resort: ask it only when the others cannot serve
     seed: bool = False  # holds every chunk the map lists (the tracker): its ``have`` is stale at once
+    withheld: str = ""  # encoded: chunks a seed will not send the asker for now (first copies gone to others)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"peer_id": self.peer_id, "addr": self.addr, "zone": self.zone, "have": self.have,
-                "fallback": self.fallback, "seed": self.seed}
+        d = {"peer_id": self.peer_id, "addr": self.addr, "zone": self.zone, "have": self.have,
+             "fallback": self.fallback, "seed": self.seed}
+        if self.withheld:
+            d["withheld"] = self.withheld
+        return d
 
 
 @dataclass(frozen=True)
@@ -254,7 +270,8 @@ class AnnounceReply:
                           _str(n, "addr", "neighbour", pattern=_ADDR),
                           _str(n, "zone", "neighbour", pattern=_ZONE, default=""),
                           n.get("have", "") if isinstance(n.get("have", ""), str) else "",
-                          _bool(n, "fallback", "neighbour"), _bool(n, "seed", "neighbour"))
+                          _bool(n, "fallback", "neighbour"), _bool(n, "seed", "neighbour"),
+                          n.get("withheld", "") if isinstance(n.get("withheld", ""), str) else "")
                 for n in (_obj(x, "neighbour") for x in ns))
         return cls(float(interval), out)
 
