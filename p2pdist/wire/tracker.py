@@ -2,7 +2,14 @@
 
     POST /api/v1/tasks            RegisterTask      -> {"task_id", "state"}
     GET  /api/v1/tasks/<id>/map   ?known=N&wait=S   -> MapProgress (long poll)
+    GET  /api/v1/tasks/<id>/fresh ?wait=S           -> a chunk the seed hands the asker
+                                                       (x-chunk-index, x-chunk-name), or
+                                                       204 with x-fresh: wait | end (long poll)
     POST /api/v1/announce         Announce          -> AnnounceReply
+
+The map and announce answers tell the asking host which chunks the seed withholds from
+it for now (``MapProgress.withheld``, ``Neighbour.withheld``: first copies it handed to
+other hosts, engine.firstcopy), so it does not ask for them.
 
 Decoders validate strictly and raise :class:`BodyInvalid` (or :class:`DigestInvalid`)
 naming the field; encoders produce plain JSON-able dicts. Chunk holdings travel as a
