@@ -272,7 +272,7 @@ class Tracker:
                 while task.sealed is None and task.error is None:
                     await task.changed.wait()
         prog = task.progress(min(known, len(task.chunks)))
-        if host is not None and task.seeding and self.policy.name == "swarm":
+        if host is not None and self.fresh_open(task):
             withheld = self.first_copies.withheld(task.chunks, host, self.clock(), prog.offset)
             prog = dataclasses.replace(prog, withheld=tuple(withheld))
         return prog
@@ -307,8 +307,9 @@ class Tracker:
         return waiter.got
 
     def fresh_open(self, task: TrackerTask) -> bool:
-        """Whether a ``/fresh`` long poll on ``task`` may still get a chunk: the seed
-        hands out fresh chunks only in swarm mode, while the blob streams in."""
+        """Whether the seed's first-copy rule is in force for ``task`` (swarm mode, the
+        blob still streaming in): only then does it hand out fresh chunks (a ``/fresh``
+        long poll may still get one) and withhold first copies from other hosts."""
         return task.seeding and self.policy.name == "swarm"
 
     def _dispatch(self, task: TrackerTask) -> None:
@@ -363,8 +364,7 @@ class Tracker:
             # tree: a seed handed out beside the assigned parents is the last resort only
             parents = set(task.peers.parent_of.get(ann.peer_id, ())) if self.policy.name == "tree" else None
             withheld = (encode_have(self.first_copies.withheld(task.chunks, host, now))
-                        if task.seeding and self.policy.name == "swarm" and any(e.seed for e in chosen)
-                        else "")
+                        if self.fresh_open(task) and any(e.seed for e in chosen) else "")
             neighbours[th.task_id] = tuple(
                 Neighbour(e.peer_id, e.addr, e.zone, encode_have(e.have, e.complete),
                           fallback=parents is not None and e.peer_id not in parents, seed=e.seed,
