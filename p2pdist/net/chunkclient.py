@@ -17,6 +17,7 @@ A fetch cancelled midway (a deadline) discards its connection, never reuses it.
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ from p2pdist.net.throttle import TokenBucket
 from p2pdist.net.tls import open_tls_stream
 
 MAX_HEAD = 16 * 1024
+RECV_LOWAT = 256 * 1024  # bytes a body read waits for (SO_RCVLOWAT) before it wakes
 MAX_ERROR_BODY = 64 * 1024
 
 
@@ -195,18 +197,32 @@ class ChunkClient:
             view[:take] = conn.pending[:take]
             del conn.pending[:take]
             got = take
-        while got < length:
-            if conn.sock is not None:
-                n = await conn.sock.recv_into(view[got:length], length - got)
-            else:
-                data = await conn.stream.receive_some(length - got)
-                n = len(data)
-                view[got:got + n] = data
-            if n == 0:
-                raise _ShortRead(f"connection closed after {got} of {length} bytes")
-            got += n
-            if self.throttle is not None:
-                await self.throttle.consume(n)
+        lowat = 1
+        try:
+            while got < length:
+                if conn.sock is not None:
+                    # wake when a good piece is in, not for every segment: on a capped link a
+                    # body trickles in and each wake-up costs the event loop more than the copy
+                    want = min(RECV_LOWAT, length - got)
+                    if want != lowat:
+                        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+                        lowat = want
+                    n = await conn.sock.recv_into(view[got:length], length - got)
+                else:
+                    data = await conn.stream.receive_some(length - got)
+                    n = len(data)
+                    view[got:got + n] = data
+                if n == 0:
+                    raise _ShortRead(f"connection closed after {got} of {length} bytes")
+                got += n
+                if self.throttle is not None:
+                    await self.throttle.consume(n)
+        finally:
+            if lowat != 1 and conn.sock is not None:
+                try:
+                    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)  # the next head may be short
+                except OSError:
+                    pass  # a broken connection is discarded anyway
 
     async def aclose(self) -> None:
         for conns in self._idle.values():
