@@ -27,8 +27,8 @@ its next announce); by then the first receiver holds it and has announced it.
   (:meth:`unsent`, :meth:`pick`, :meth:`give`) the moment the chunk is published or an
   upload slot frees. Asked chunk by chunk, the seed sat idle between a publication and
   the asks that followed it, and refused the race of asks for each fresh chunk
-  (bench/sim.py: the seed's upload 0.85-0.95 used while the blob streamed in; handed
-  out, 0.98-1.0, and N = 16 1.19 -> 1.15 × T_min).
+  (bench/lab.py, N = 8: the seed's link 0.94 used, 1.12-1.14 × T_min; handed out,
+  0.98 and 1.08 ×).
 - The seed says what it withholds: the map and announce answers list, for the asking
   host, the chunks it would refuse now (:meth:`withheld`), so peers do not ask for
   them. Each fresh chunk otherwise drew one refused ask from nearly every peer, the
@@ -96,11 +96,15 @@ class FirstCopies:
                 raise ChunkPassedOn(f"chunk {name[:16]}… is kept for a peer that has received "
                                     "fewer of the seed's first copies; fetch others from the swarm",
                                     reason="reserved")
-            self._firsts[host] = mine + 1
-            if host in self._asked:  # (not with a window <= 0: it left at once)
-                self._count(mine, -1)
-                self._count(mine + 1, +1)
+            self._one_more_first(host)
         self._fresh[name] = (now, host)
+
+    def _one_more_first(self, host: str) -> None:
+        mine = self._firsts.get(host, 0)
+        self._firsts[host] = mine + 1
+        if host in self._asked:  # (not with a window <= 0: it left at once)
+            self._count(mine, -1)
+            self._count(mine + 1, +1)
 
     def unsent(self, name: str) -> bool:
         """Whether ``name`` is a published chunk of a streaming blob never sent yet."""
@@ -129,11 +133,7 @@ class FirstCopies:
         if not self.unsent(name):
             raise ValueError(f"chunk {name[:16]}… is not an unsent fresh chunk")
         self._asking(host, now)  # a waiting host is asking: the pull rule weighs it too
-        mine = self._firsts.get(host, 0)
-        self._firsts[host] = mine + 1
-        if host in self._asked:
-            self._count(mine, -1)
-            self._count(mine + 1, +1)
+        self._one_more_first(host)
         self._fresh[name] = (now, host)
 
     def withheld(self, names: Sequence[str], host: str, now: float, start: int = 0) -> list[int]:
