@@ -192,14 +192,15 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
             if isinstance(a, Fetch):
                 src = a.peer_id
                 src_has = (a.index < published) if src == "seed" else (a.index in held[src])
-                if src == "seed" and src_has:
+                busy = uploads[src] >= slots[src]
+                if src == "seed" and src_has and not busy:  # busy first, as the chunk server
                     try:
                         first_copies.admit(str(a.index), p, now)
                     except ChunkPassedOn:
                         src_has = False
                 if not src_has:
                     queue += st.chunk_failed(a.index, src, "missing", now)
-                elif uploads[src] >= slots[src]:
+                elif busy:
                     queue += st.chunk_failed(a.index, src, "busy", now)
                 else:
                     transfers[(p, a.index)] = [src, float(sizes[a.index]), now]

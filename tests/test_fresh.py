@@ -179,6 +179,30 @@ async def test_the_tracker_hands_each_waiting_host_its_own_fresh_chunk(tmp_path,
     nursery.cancel_scope.cancel()
 
 
+async def test_an_ask_refused_busy_leaves_the_chunk_for_the_hand_out(tmp_path, nursery):
+    # The seed checks for a free slot before the first-copy rule records a chunk as sent:
+    # an ask it refuses busy must not take a fresh chunk out of the hand-out queue
+    # (bench/sim.py: over half the fresh chunks at N = 100 went that way, then sat until
+    # their asker came back).
+    blob = make_blob(6 * MiB, seed=46)
+    origin = StaticOrigin({"b": blob}, delay=0.3)
+    await nursery.start(origin.serve)
+    c = await start_cluster(nursery, tmp_path, peers=0, origin=origin, tracker_overrides={"upload_slots": 1})
+    spec = TaskSpec(origin.url("b"), sha256_digest(blob))
+    task = await c.tracker.register(spec)
+    assert c.tracker.slots.try_acquire()  # the seed's only slot is taken
+    with trio.fail_after(20):
+        while not task.chunks:
+            await task.changed.wait()
+    busy = await _fresh(f"{c.tracker_url}/chunks/{task.chunks[0]}", "127.0.0.3")
+    assert busy.status_code == 503
+    c.tracker.slots.release()
+    with trio.fail_after(20):
+        handed = await _fresh(f"{c.tracker_url}/api/v1/tasks/{spec.task_id}/fresh?wait=10", "127.0.0.2")
+    assert handed.status_code == 200 and handed.headers["x-chunk-index"] == "0"
+    nursery.cancel_scope.cancel()
+
+
 async def test_a_tree_seed_hands_out_nothing(tmp_path, nursery):
     blob = make_blob(3 * MiB, seed=44)
     origin = StaticOrigin({"b": blob}, delay=0.3)
