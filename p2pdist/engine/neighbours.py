@@ -195,7 +195,7 @@ class NeighbourPolicy:
     name: str
     fanout: int = 4
     parents: int = 1
-    swarm_size: int = 8
+    swarm_size: int = 12
     same_zone_weight: float = 4.0
 
     def __post_init__(self) -> None:
