@@ -10,7 +10,8 @@ A ``leech`` node loads the torrent paused, prints ``{"event": "ready"}`` and wai
 line on stdin; then it resumes, and prints ``{"event": "done", "seconds": S}`` (S counted
 from the go line) when it holds every piece. Every node keeps seeding until stdin closes
 or it gets SIGTERM, then prints ``{"event": "stats", "uploaded": B, "downloaded": B}``
-(payload bytes).
+(payload bytes). Once a second it writes a status line on stderr (the lab's bt-*.log): progress,
+payload rates and peers (how many over uTP); tracker replies and error alerts go there too.
 """
 
 import argparse
@@ -22,6 +23,9 @@ import sys
 import time
 
 import libtorrent as lt
+
+# peer_info::utp_socket (1 << 17 in libtorrent 2.0); the Python bindings do not export it
+UTP_SOCKET = 1 << 17
 
 
 def emit(**kw):
@@ -48,7 +52,8 @@ def session(listen, tcp_only=False):
     s = lt.session({**extra,
         "listen_interfaces": listen,
         "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
-        "alert_mask": lt.alert.category_t.error_notification | lt.alert.category_t.status_notification,
+        "alert_mask": lt.alert.category_t.error_notification | lt.alert.category_t.status_notification
+        | lt.alert.category_t.tracker_notification,
         "allow_multiple_connections_per_ip": True,
         "announce_to_all_trackers": True, "announce_to_all_tiers": True,
         "outgoing_interfaces": listen.rsplit(":", 1)[0],
@@ -83,8 +88,18 @@ def run(args, seed):
         emit(event="ready")
         done = True
         t0 = time.monotonic()
+    sys.stderr.write(f"bt_node: {'seed' if seed else 'leech'} {args.listen} "
+                     f"{'TCP only' if args.tcp_only else 'uTP and TCP'}\n")
+    next_log = 0.0
     while not stop["now"]:
         st = h.status()
+        if time.monotonic() >= next_log:
+            next_log = time.monotonic() + 1.0
+            utp = sum(1 for p in h.get_peer_info() if p.flags & UTP_SOCKET)
+            sys.stderr.write(f"bt_node: t={time.monotonic() - t0:.1f} {st.progress * 100:.1f}% "
+                             f"down {st.download_payload_rate * 8 / 1e6:.1f} up {st.upload_payload_rate * 8 / 1e6:.1f} Mbit/s "
+                             f"peers {st.num_peers} (uTP {utp})\n")
+            sys.stderr.flush()
         if not done and st.is_seeding:
             done = True
             emit(event="done", seconds=round(time.monotonic() - t0, 3))
@@ -92,7 +107,7 @@ def run(args, seed):
         if r and not sys.stdin.readline():
             break
         for a in s.pop_alerts():
-            if a.category() & lt.alert.category_t.error_notification:
+            if a.category() & lt.alert.category_t.error_notification or isinstance(a, lt.tracker_reply_alert):
                 sys.stderr.write(f"bt_node: {a.message()}\n")
     st = h.status()
     emit(event="stats", uploaded=st.total_payload_upload, downloaded=st.total_payload_download,
