@@ -38,7 +38,7 @@ class TrackerConfig:
     direct_io: bool = True  # chunk bytes past the page cache (storage/direct.py)
     topology: str = field(default="swarm", metadata=_choice(*TOPOLOGIES))
     fanout: int = 4  # tree: children per parent
-    swarm_size: int = 12  # swarm: neighbours handed to a peer (bench/sim.py: 8 -> 12 at N = 16-1,000)
+    swarm_size: int = 12  # swarm: neighbours handed to a peer (more fill its fetches; bench/RESULTS.md sim)
     peer_ttl: float = 30.0  # a peer that has not announced for this long is forgotten
     announce_interval: float = 5.0  # the interval told to idle peers; downloading peers announce faster
     upload_slots: int = 4  # the seed's concurrent uploads: few, so each chunk leaves it fast (bench/lab.py)

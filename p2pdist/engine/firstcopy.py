@@ -82,7 +82,9 @@ class FirstCopies:
     def admit(self, name: str, host: str, now: float) -> None:
         """Record that ``name`` goes to ``host`` now, or raise :class:`ChunkPassedOn` if
         another host received it less than ``grace`` seconds ago, or — a chunk never sent
-        yet — if another host asking within ``window`` seconds has had fewer first copies."""
+        yet — if another host asking within ``window`` seconds has had fewer first copies.
+        Ask only when the chunk can go now (an upload slot is free): an admitted chunk
+        counts as sent, and leaves the queue :meth:`unsent` hands out from."""
         if name not in self._fresh or self.grace <= 0:
             return
         self._asking(host, now)

@@ -93,9 +93,9 @@ def make_chunk_handler(store: ChunkStore, slots: UploadSlots, *, compression: bo
                        admit: Callable[[str, Request], None] | None = None,
                        refused: Callable[[str], None] | None = None) -> Handler:
     """``admit(name, request)``, if given, may refuse a chunk by raising (the seed's
-    first-copy rule, engine.firstcopy) once a slot is known free, before it is taken. ``refused(reason)`` is told
-    of every refusal: ``missing``, ``busy``, or the first-copy rule's ``passed_on`` and
-    ``reserved``."""
+    first-copy rule, engine.firstcopy) once a slot is known to be free, before it is
+    taken. ``refused(reason)`` is told of every refusal: ``missing``, ``busy``, or the
+    first-copy rule's ``passed_on`` and ``reserved``."""
     send = make_chunk_sender(store, slots, compression=compression, on_served=on_served,
                              limiter=limiter, throttle=throttle)
 
@@ -108,10 +108,10 @@ def make_chunk_handler(store: ChunkStore, slots: UploadSlots, *, compression: bo
         name = parse_chunk_name(request.params["name"])
         if not store.has(name):
             raise refuse("missing", ChunkUnknown(f"chunk {name} is not held"))
-        # Busy before admit: the first-copy rule records a chunk admitted as sent, so
-        # one admitted and then refused busy would leave the seed's hand-out queue
-        # unsent (bench/sim.py: 138 of 256 fresh chunks at N = 100 went that way).
-        # Nothing awaits between the check and the acquire.
+        # Busy before admit: the first-copy rule records an admitted chunk as sent, so a
+        # fresh chunk admitted and then refused busy would leave the seed's hand-out
+        # queue with no byte sent (bench/sim.py: 138 of 256 fresh chunks at N = 100 did,
+        # before this order). Nothing awaits between the check and the acquire.
         if slots.full:
             raise refuse("busy", Busy(f"all {slots.slots} upload slots are in use"))
         if admit is not None:
