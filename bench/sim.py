@@ -274,7 +274,8 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
             published = arrived
             if published == total:
                 seed_entry.complete = True
-                first_copies.retire(str(k) for k in range(total))
+                if not args.drain_fresh:
+                    first_copies.retire(str(k) for k in range(total))
             if fresh_on:
                 hand_out(t)  # at publication, before any peer learns of the chunk from the map
             first_new = len(pub_names)
@@ -287,6 +288,8 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                     handle(p, states[p].map_grew(published, total if published == total else None, t), t)
         if fresh_on:
             hand_out(t)
+        if args.drain_fresh and published == total and fresh_from >= total and len(first_copies):
+            first_copies.retire(str(k) for k in range(total))  # every chunk has left the seed once
         # 2. move bytes
         done_list = []
         rates = maxmin_rates(transfers, up, down)
@@ -446,6 +449,9 @@ def main() -> int:
     ap.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=True,
                     help="the seed hands fresh chunks to the peers waiting for one (the tracker's "
                          "/fresh long poll, as shipped); --no-fresh: only asked for, chunk by chunk")
+    ap.add_argument("--drain-fresh", action="store_true",
+                    help="not the product's behaviour (a screen, RESULTS.md): keep the first-copy rule and the "
+                         "hand-out going after the stream ends, until every chunk has left the seed once")
     ap.add_argument("--withheld", action=argparse.BooleanOptionalAction, default=True,
                     help="the map and announce answers list what the seed withholds from each peer "
                          "(as shipped); --no-withheld: peers learn it from refused asks")
@@ -455,6 +461,7 @@ def main() -> int:
     ap.add_argument("--dt", type=float, default=0.02)
     ap.add_argument("--max-time", type=float, default=3600)
     ap.add_argument("--seeds", type=int, default=3, help="runs with different random seeds")
+    ap.add_argument("--first-seed", type=int, default=0, help="the first of them (to add runs to earlier ones)")
     ap.add_argument("--src", help="import p2pdist from this source tree")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--stats", action="store_true",
@@ -464,7 +471,7 @@ def main() -> int:
     args.seed_rate = args.seed_rate or args.rate
     args.origin_rate = args.origin_rate or args.seed_rate
     runs = []
-    for s in range(args.seeds):
+    for s in range(args.first_seed, args.first_seed + args.seeds):
         t0 = time.monotonic()
         r = simulate(args, s)
         r["wall_s"] = round(time.monotonic() - t0, 1)
