@@ -43,8 +43,15 @@ shipped), so a run without flags simulates p2pdist as shipped.
 Reports per run t_first/t_median/t_last against the Kumar-Ross T_min, like bench/lab.py,
 and how much the seed sent (``seed_sent_over_F``). ``--stats`` adds where the time goes:
 busy/missing answers and announces per peer, chunk transfer times, how long a chunk takes
-from publication to its first holder, half and all peers, and per second the seed's and
-the peers' link use and how many chunks the unfinished peers trail the seed by.
+from publication to its first holder, half and all peers, per second the seed's and
+the peers' link use and how many chunks the unfinished peers trail the seed by, and
+while the blob streams in, each peer's free fetch slots by why they are free (no
+neighbour holds a chunk it lacks; all that do are busy; the free ones are in its busy
+backoff or at their per-source cap; it has not heard that a free one holds it).
+
+``--instant-haves`` is an oracle, not a mechanism: a peer sees its neighbours' new chunks
+the step they arrive. It bounds what any faster way of learning them (a have header on
+chunk answers, have messages between peers) could gain.
 
 Cost: about linear in N (the tracker's swarm answer and the seed's first-copy rule do
 not walk every peer); most of it is the peers rescheduling after refused requests.
@@ -119,6 +126,9 @@ def maxmin_rates(transfers: dict, up: dict, down: dict) -> dict:
     return rate
 
 
+IDLE_REASONS = ("no_neighbour_holds", "holders_busy", "busy_backoff", "per_source_cap", "stale_have", "other")
+
+
 def simulate(args: argparse.Namespace, seed: int) -> dict:
     from p2pdist.core.errors import ChunkPassedOn
     from p2pdist.engine.download import Done, DownloadState, Expired, Fetch, FetchOrigin, Source
@@ -180,6 +190,12 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
     deadlines: list[tuple[float, int, str]] = []  # heap; stale entries are skipped
     next_dl: dict[str, float | None] = {p: None for p in names}
     frozen: dict[str, frozenset[int]] = {}  # a peer's have as last handed out
+    # --instant-haves: each peer's neighbours as last handed out, and who lists whom
+    listed: dict[str, list] = {}
+    listeners: dict[str, set[str]] = {}
+    gained_now: set[str] = set()
+    st_idle: dict[str, int] = dict.fromkeys(IDLE_REASONS, 0)  # --stats: idle fetch slots by reason
+    st_idle_samples = 0
 
     def handle(p: str, actions: list, now: float) -> None:
         queue = deque(actions)
@@ -256,6 +272,32 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 receiving_fresh.add(host)
             fresh_from += 1
 
+    def idle_reason(p: str, now: float) -> str:
+        """Why peer ``p`` has a fetch slot free, from the whole simulation's truth (the
+        engine's private state is read here, never written)."""
+        st = states[p]
+        lacks = set(range(published)) - held[p] - st._in_flight.keys()
+        held_back = st._withheld.get("seed", ())
+        holders = [q for q in st._sources
+                   if (q == "seed" and any(not first_copies.unsent(str(i)) and i not in held_back for i in lacks))
+                   or (q != "seed" and not held[q].isdisjoint(lacks))]
+        if not holders:
+            return "no_neighbour_holds"
+        free = [q for q in holders if uploads[q] < slots[q]]
+        if not free:
+            return "holders_busy"
+        free = [q for q in free if st._cooldown.get(q, now) <= now and q not in st._full]
+        if not free:
+            return "busy_backoff"
+        cap = st.source_cap(len(st._sources))
+        free = [q for q in free if st._load.get(q, 0) < cap]
+        if not free:
+            return "per_source_cap"
+        if not any(q == "seed" or (st._sources[q].have is not None and not st._sources[q].have.isdisjoint(lacks))
+                   for q in free):
+            return "stale_have"
+        return "other"
+
     t_end_limit = args.max_time
     while len(finish) < n and t < t_end_limit:
         t += dt
@@ -331,6 +373,7 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
             if idx not in held[dst]:
                 held[dst].add(idx)
                 gained[dst] = True
+                gained_now.add(dst)
                 if args.stats:
                     st_holders[idx] += 1
                     for label, need in (("first", 1), ("half", (n + 1) // 2), ("all", n)):
@@ -353,10 +396,32 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                         for e in chosen if e.peer_id != p]
                 if p not in finish:
                     handle(p, states[p].set_sources(srcs, t), t)
+                if args.instant_haves:
+                    for e in listed.get(p, ()):
+                        listeners[e.peer_id].discard(p)
+                    listed[p] = [e for e in chosen if e.peer_id != p]
+                    for e in listed[p]:
+                        listeners.setdefault(e.peer_id, set()).add(p)
                 gained[p] = False
                 next_announce[p] = t + args.announce_interval
             elif gained[p] and next_announce[p] > t + args.min_gap:
                 next_announce[p] = t + args.min_gap
+        if args.instant_haves and gained_now:
+            # an oracle, not a mechanism: every peer whose neighbour gained a chunk this
+            # step sees its neighbours' current haves at once (no announce lag at all)
+            touched = set().union(*(listeners.get(q, ()) for q in gained_now)) - finish.keys()
+            for p in sorted(touched, key=order.__getitem__):
+                withheld = (frozenset(first_copies.withheld(pub_names, p, t))
+                            if args.withheld and args.topology == "swarm" and published < total else frozenset())
+                srcs = [Source(e.peer_id, e.peer_id, None if e.seed else frozenset(held[e.peer_id]), seed=e.seed,
+                               withheld=withheld if e.seed else frozenset()) for e in listed[p]]
+                handle(p, states[p].set_sources(srcs, t), t)
+        gained_now.clear()
+        if args.stats and published < total and round(t / dt) % 10 == 0:
+            st_idle_samples += 1
+            for p in names:
+                if p not in finish and downloads[p] < args.max_in_flight:
+                    st_idle[idle_reason(p, t)] += args.max_in_flight - downloads[p]
         # 4. deadlines, in host order (who ticks first may take an upload slot first)
         due = set()
         while deadlines and deadlines[0][0] <= t:
@@ -385,6 +450,9 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
             "spread_s": {label: {"median": q(d, 0.5), "p90": q(d, 0.9), "max": q(d, 1.0)}
                          for label, d in delays.items()},
             "last_publish": round(max(st_publish.values()), 3),
+            # while the blob streams in, sampled every 10 steps: free fetch slots per
+            # unfinished peer, by why no fetch runs in them (idle_reason)
+            "idle_fetch_slots": {k: round(v / max(1, st_idle_samples) / n, 3) for k, v in st_idle.items()},
             # chunks the seed sent while the blob streamed in, and after; how many of the
             # former were a chunk's first copy
             "seed_sends": {"streaming": sum(1 for ts, _ in st_seed_sends if ts <= max(st_publish.values())),
@@ -452,6 +520,9 @@ def main() -> int:
     ap.add_argument("--withheld", action=argparse.BooleanOptionalAction, default=True,
                     help="the map and announce answers list what the seed withholds from each peer "
                          "(as shipped); --no-withheld: peers learn it from refused asks")
+    ap.add_argument("--instant-haves", action="store_true",
+                    help="not a mechanism (a screen, RESULTS.md): a peer sees its neighbours' new chunks the step "
+                         "they arrive, with no announce lag -- the bound on any faster way of learning them")
     ap.add_argument("--back-to-source", action=argparse.BooleanOptionalAction, default=peer.back_to_source)
     ap.add_argument("--announce-interval", type=float, default=peer.announce_interval)
     ap.add_argument("--min-gap", type=float, default=MIN_ANNOUNCE_GAP)
