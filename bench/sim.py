@@ -51,7 +51,10 @@ backoff or at their per-source cap; it has not heard that a free one holds it).
 
 ``--instant-haves`` is an oracle, not a mechanism: a peer sees its neighbours' new chunks
 the step they arrive. It bounds what any faster way of learning them (a have header on
-chunk answers, have messages between peers) could gain.
+chunk answers, have messages between peers) could gain. ``--have-poll S`` models one
+such way (each peer asks its neighbours every S seconds), ``--tracker-rate R`` a tracker
+that answers only R announces a second (one core: about 6,500), which the peers' own
+announce timers otherwise assume unlimited.
 
 Cost: about linear in N (the tracker's swarm answer and the seed's first-copy rule do
 not walk every peer); most of it is the peers rescheduling after refused requests.
@@ -190,10 +193,14 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
     deadlines: list[tuple[float, int, str]] = []  # heap; stale entries are skipped
     next_dl: dict[str, float | None] = {p: None for p in names}
     frozen: dict[str, frozenset[int]] = {}  # a peer's have as last handed out
-    # --instant-haves: each peer's neighbours as last handed out, and who lists whom
+    # --instant-haves, --have-poll: each peer's neighbours as last handed out, who lists
+    # whom, and what each peer believes its neighbours hold
     listed: dict[str, list] = {}
     listeners: dict[str, set[str]] = {}
     gained_now: set[str] = set()
+    view: dict[str, dict[str, frozenset[int] | None]] = {}
+    polled: dict[str, set[str]] = {}  # peer -> neighbours whose have it re-read this step
+    next_poll = {p: rng.uniform(0, args.have_poll) for p in names} if args.have_poll else {}  # no draws when off
     st_idle: dict[str, int] = dict.fromkeys(IDLE_REASONS, 0)  # --stats: idle fetch slots by reason
     st_idle_samples = 0
 
@@ -380,7 +387,8 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                         if st_holders[idx] == need:
                             st_reach[label][idx] = t
             handle(dst, states[dst].chunk_ok(idx, None if src == "origin" else src, t), t)
-        # 3. announces
+        # 3. announces (--tracker-rate: a saturated tracker spaces every peer's announces)
+        tracker_gap = (n - len(finish)) / args.tracker_rate if args.tracker_rate else 0.0
         for p in names:
             if t >= next_announce[p] and (p not in finish or gained[p]):
                 tracker.upsert(p, p, "", held[p], len(held[p]) == total, t)  # (upsert copies)
@@ -394,18 +402,19 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                                fallback=parents is not None and e.peer_id not in parents,
                                withheld=withheld if e.seed else frozenset())
                         for e in chosen if e.peer_id != p]
+                view[p] = {s.peer_id: s.have for s in srcs}
                 if p not in finish:
                     handle(p, states[p].set_sources(srcs, t), t)
-                if args.instant_haves:
+                if args.instant_haves or args.have_poll:
                     for e in listed.get(p, ()):
                         listeners[e.peer_id].discard(p)
                     listed[p] = [e for e in chosen if e.peer_id != p]
                     for e in listed[p]:
                         listeners.setdefault(e.peer_id, set()).add(p)
                 gained[p] = False
-                next_announce[p] = t + args.announce_interval
-            elif gained[p] and next_announce[p] > t + args.min_gap:
-                next_announce[p] = t + args.min_gap
+                next_announce[p] = t + max(args.announce_interval, tracker_gap)
+            elif gained[p] and next_announce[p] > t + max(args.min_gap, tracker_gap):
+                next_announce[p] = t + max(args.min_gap, tracker_gap)
         if args.instant_haves and gained_now:
             # an oracle, not a mechanism: every peer whose neighbour gained a chunk this
             # step sees its neighbours' current haves at once (no announce lag at all)
@@ -417,6 +426,21 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                                withheld=withheld if e.seed else frozenset()) for e in listed[p]]
                 handle(p, states[p].set_sources(srcs, t), t)
         gained_now.clear()
+        if args.have_poll:
+            # each peer asks its listed neighbours (not the seed) what they hold
+            for p in names:
+                if p not in finish and p in listed and t >= next_poll[p]:
+                    next_poll[p] = t + args.have_poll
+                    polled[p] = {e.peer_id for e in listed[p] if not e.seed}
+            for p in sorted(polled, key=order.__getitem__):
+                v = view[p]
+                v.update((q, frozenset(held[q])) for q in polled[p])
+                withheld = (frozenset(first_copies.withheld(pub_names, p, t))
+                            if args.withheld and args.topology == "swarm" and published < total else frozenset())
+                srcs = [Source(e.peer_id, e.peer_id, None if e.seed else v[e.peer_id], seed=e.seed,
+                               withheld=withheld if e.seed else frozenset()) for e in listed[p]]
+                handle(p, states[p].set_sources(srcs, t), t)
+            polled.clear()
         if args.stats and published < total and round(t / dt) % 10 == 0:
             st_idle_samples += 1
             for p in names:
@@ -523,6 +547,12 @@ def main() -> int:
     ap.add_argument("--instant-haves", action="store_true",
                     help="not a mechanism (a screen, RESULTS.md): a peer sees its neighbours' new chunks the step "
                          "they arrive, with no announce lag -- the bound on any faster way of learning them")
+    ap.add_argument("--have-poll", type=float, default=0.0, metavar="S",
+                    help="not a mechanism (a screen, RESULTS.md): every S seconds a peer asks each neighbour "
+                         "what it holds (0: never, as shipped)")
+    ap.add_argument("--tracker-rate", type=float, default=0.0, metavar="R",
+                    help="announces per second the tracker answers: a saturated tracker spaces each unfinished "
+                         "peer's announces to (unfinished peers) / R seconds (0: no limit, as before)")
     ap.add_argument("--back-to-source", action=argparse.BooleanOptionalAction, default=peer.back_to_source)
     ap.add_argument("--announce-interval", type=float, default=peer.announce_interval)
     ap.add_argument("--min-gap", type=float, default=MIN_ANNOUNCE_GAP)

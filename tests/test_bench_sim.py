@@ -41,3 +41,16 @@ def test_instant_haves_leaves_no_slot_idle_for_want_of_news() -> None:
     instant = _sim("--instant-haves")["stats"]["idle_fetch_slots"]["stale_have"]
     assert lagged > 0.02
     assert instant < lagged / 5
+
+
+def test_a_saturated_tracker_spaces_the_announces_and_polls_stand_in() -> None:
+    """``--tracker-rate R``: R announces a second among the unfinished peers, so 8 peers
+    at R = 8 announce about once a second, not every 0.1-0.25 s; ``--have-poll`` then
+    lets them learn their neighbours' chunks between announces."""
+    free = _sim()
+    paced = _sim("--tracker-rate", "8")
+    polled = _sim("--tracker-rate", "8", "--have-poll", "0.25")
+    assert free["stats"]["per_peer"]["announces"] > 3 * paced["stats"]["per_peer"]["announces"]
+    assert paced["stats"]["per_peer"]["announces"] <= paced["t_last"] + 2
+    stale = [r["stats"]["idle_fetch_slots"]["stale_have"] for r in (paced, polled)]
+    assert stale[1] < stale[0] / 2
