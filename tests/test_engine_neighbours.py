@@ -331,3 +331,22 @@ def test_swarm_in_a_huge_task_weighs_a_sample_not_everyone() -> None:
 def test_unknown_me_is_a_key_error() -> None:
     with pytest.raises(KeyError):
         choose_neighbours(make_task(1), "nobody", TREE, random.Random(0), 0.0)
+
+
+def test_the_trackers_have_encoding_follows_every_change() -> None:
+    """tracker.service encodes a neighbour's have once per change, not per answer; a
+    change it missed would send peers to ask for chunks that are not there."""
+    from p2pdist.tracker.service import _have_text
+    from p2pdist.wire.tracker import decode_have, encode_have
+
+    task = TaskPeers(ttl=10.0)
+    e = task.upsert("p0", "h:1", "", {0, 1}, False, 0.0)
+    first = _have_text(e)
+    assert decode_have(first) == {0, 1}
+    assert _have_text(e) is first  # cached
+    task.add_have("p0", [5])  # grows in place
+    assert decode_have(_have_text(e)) == {0, 1, 5}
+    task.upsert("p0", "h:1", "", {2, 3, 4}, False, 1.0)  # replaced, same size
+    assert decode_have(_have_text(e)) == {2, 3, 4}
+    task.upsert("p0", "h:1", "", {2, 3, 4}, True, 2.0)  # complete
+    assert _have_text(e) == encode_have((), True) == "all"

@@ -53,6 +53,10 @@ class PeerEntry:
     complete: bool = False
     seed: bool = False
     last_seen: float = 0.0
+    # the tracker service's encoding of ``have`` for its answers, and what it was made
+    # from (tracker.service._have_text): cleared when ``have`` is replaced; nothing here
+    # reads it
+    wire_have: tuple[tuple[int, int, bool], str] | None = field(default=None, repr=False, compare=False)
 
 
 class TaskPeers:
@@ -100,6 +104,7 @@ class TaskPeers:
         entry.last_seen = max(entry.last_seen, now)
         if have is not None:
             entry.have = set(have)
+            entry.wire_have = None
         if seed is not None and entry.seed != seed:
             entry.seed = seed
             self._roster = None

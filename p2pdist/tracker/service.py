@@ -57,6 +57,9 @@ log = logging.getLogger("p2pdist.tracker")
 SEED_ID = "tracker"
 MAX_WAIT = 30.0
 MAP_COALESCE = 0.05  # seconds a map long poll gathers further chunks once one is new
+# An announce drops a task's peers silent for peer_ttl at most this often: walking every
+# peer of a 10,000-peer task on each of their announces was O(N) per answer.
+EXPIRE_EVERY = 1.0
 
 
 @dataclass
@@ -95,6 +98,17 @@ class FreshWaiter:
     got: tuple[int, str] | None = None
 
 
+def _have_text(e: PeerEntry) -> str:
+    """``e``'s holdings as the wire bitmap, encoded once per change: an answer lists a
+    dozen neighbours, and encoding each again on every announce took an eighth of the
+    tracker's time (bench/tracker_load.py). A have only grows in place (its size tells)
+    or is replaced (which clears the cache)."""
+    key = (id(e.have), len(e.have), e.complete)
+    if e.wire_have is None or e.wire_have[0] != key:
+        e.wire_have = (key, encode_have(e.have, e.complete))
+    return e.wire_have[1]
+
+
 @dataclass
 class TrackerTask:
     task_id: str
@@ -113,6 +127,7 @@ class TrackerTask:
     # may not have left the seed yet (those before it all have)
     waiters: list[FreshWaiter] = field(default_factory=list)
     fresh_from: int = 0
+    expired_at: float = float("-inf")  # when its silent peers were last dropped
 
     def notify(self) -> None:
         self.changed.set()
@@ -204,7 +219,8 @@ class Tracker:
     def _adopt(self, task: TrackerTask, cmap: ChunkMap) -> None:
         task.sealed, task.size, task.chunk_size = cmap, cmap.size, cmap.chunk_size
         task.chunks = list(cmap.chunks)
-        self._seed_entry(task).have = set(range(cmap.n_chunks))
+        seed = self._seed_entry(task)
+        seed.have, seed.wire_have = set(range(cmap.n_chunks)), None
         task.notify()
 
     def _seed_entry(self, task: TrackerTask) -> PeerEntry:
@@ -359,14 +375,16 @@ class Tracker:
             have = decode_have(th.have, n) if not th.complete else (set(range(n)) if n is not None else None)
             task.peers.upsert(ann.peer_id, ann.addr, ann.zone, have if have is not None else set(),
                               th.complete, now)
-            task.peers.expire(now)
+            if now - task.expired_at >= EXPIRE_EVERY:
+                task.peers.expire(now)
+                task.expired_at = now
             chosen = choose_neighbours(task.peers, ann.peer_id, self.policy, self.rng, now)
             # tree: a seed handed out beside the assigned parents is the last resort only
             parents = set(task.peers.parent_of.get(ann.peer_id, ())) if self.policy.name == "tree" else None
             withheld = (encode_have(self.first_copies.withheld(task.chunks, host, now))
                         if self.fresh_open(task) and any(e.seed for e in chosen) else "")
             neighbours[th.task_id] = tuple(
-                Neighbour(e.peer_id, e.addr, e.zone, encode_have(e.have, e.complete),
+                Neighbour(e.peer_id, e.addr, e.zone, _have_text(e),
                           fallback=parents is not None and e.peer_id not in parents, seed=e.seed,
                           withheld=withheld if e.seed else "")
                 for e in chosen)
