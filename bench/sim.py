@@ -51,10 +51,11 @@ backoff or at their per-source cap; it has not heard that a free one holds it).
 
 ``--instant-haves`` is an oracle, not a mechanism: a peer sees its neighbours' new chunks
 the step they arrive. It bounds what any faster way of learning them (a have header on
-chunk answers, have messages between peers) could gain. ``--have-poll S`` models one
-such way (each peer asks its neighbours every S seconds), ``--tracker-rate R`` a tracker
-that answers only R announces a second (one core: about 6,500), which the peers' own
-announce timers otherwise assume unlimited.
+chunk answers, have messages between peers) could gain. ``--have-poll S`` is the peer's
+``have_poll_interval`` (off as shipped): each peer asks its neighbours what they hold
+every S seconds, and announces and learns the map only every ``--announce-interval``.
+``--tracker-rate R`` models a tracker that answers only R announces a second (one core:
+about 6,500), which the peers' announce timers otherwise assume unlimited.
 
 Cost: about linear in N (the tracker's swarm answer and the seed's first-copy rule do
 not walk every peer); most of it is the peers rescheduling after refused requests.
@@ -65,6 +66,7 @@ Measured on a shared 2-core box, one core: N = 16 0.7 s, N = 100 8 s, N = 1,000 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import inspect
 import json
@@ -201,6 +203,7 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
     view: dict[str, dict[str, frozenset[int] | None]] = {}
     polled: dict[str, set[str]] = {}  # peer -> neighbours whose have it re-read this step
     next_poll = {p: rng.uniform(0, args.have_poll) for p in names} if args.have_poll else {}  # no draws when off
+    next_map = dict.fromkeys(names, 0.0)
     st_idle: dict[str, int] = dict.fromkeys(IDLE_REASONS, 0)  # --stats: idle fetch slots by reason
     st_idle_samples = 0
 
@@ -326,7 +329,7 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 hand_out(t)  # at publication, before any peer learns of the chunk from the map
             first_new = len(pub_names)
             pub_names.extend(str(k) for k in range(first_new, published))
-            for p in names:
+            for p in ([] if args.have_poll else names):  # with have polls: below, at each map poll
                 if p not in finish:
                     # the map answer lists what the seed withholds from this peer (as the tracker's)
                     if args.withheld and args.topology == "swarm":
@@ -389,6 +392,15 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
             handle(dst, states[dst].chunk_ok(idx, None if src == "origin" else src, t), t)
         # 3. announces (--tracker-rate: a saturated tracker spaces every peer's announces)
         tracker_gap = (n - len(finish)) / args.tracker_rate if args.tracker_rate else 0.0
+        if args.have_poll:
+            # the peer polls the map once per announce interval (Download._follow_map): an
+            # answer comes as soon as there is news after that
+            for p in names:
+                if p not in finish and t >= next_map[p] and states[p].n_known < published:
+                    if args.withheld and args.topology == "swarm":
+                        states[p].withheld("seed", first_copies.withheld(pub_names, p, t, states[p].n_known))
+                    handle(p, states[p].map_grew(published, total if published == total else None, t), t)
+                    next_map[p] = t + max(args.announce_interval, tracker_gap)
         for p in names:
             if t >= next_announce[p] and (p not in finish or gained[p]):
                 tracker.upsert(p, p, "", held[p], len(held[p]) == total, t)  # (upsert copies)
@@ -402,6 +414,10 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                                fallback=parents is not None and e.peer_id not in parents,
                                withheld=withheld if e.seed else frozenset())
                         for e in chosen if e.peer_id != p]
+                if args.have_poll:  # what a poll told is kept (Download.on_neighbours)
+                    old = view.get(p, {})
+                    srcs = [s if s.have is None or old.get(s.peer_id) is None
+                            else dataclasses.replace(s, have=s.have | old[s.peer_id]) for s in srcs]
                 view[p] = {s.peer_id: s.have for s in srcs}
                 if p not in finish:
                     handle(p, states[p].set_sources(srcs, t), t)
@@ -413,7 +429,7 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                         listeners.setdefault(e.peer_id, set()).add(p)
                 gained[p] = False
                 next_announce[p] = t + max(args.announce_interval, tracker_gap)
-            elif gained[p] and next_announce[p] > t + max(args.min_gap, tracker_gap):
+            elif gained[p] and not args.have_poll and next_announce[p] > t + max(args.min_gap, tracker_gap):
                 next_announce[p] = t + max(args.min_gap, tracker_gap)
         if args.instant_haves and gained_now:
             # an oracle, not a mechanism: every peer whose neighbour gained a chunk this
@@ -547,9 +563,9 @@ def main() -> int:
     ap.add_argument("--instant-haves", action="store_true",
                     help="not a mechanism (a screen, RESULTS.md): a peer sees its neighbours' new chunks the step "
                          "they arrive, with no announce lag -- the bound on any faster way of learning them")
-    ap.add_argument("--have-poll", type=float, default=0.0, metavar="S",
-                    help="not a mechanism (a screen, RESULTS.md): every S seconds a peer asks each neighbour "
-                         "what it holds (0: never, as shipped)")
+    ap.add_argument("--have-poll", type=float, default=peer.have_poll_interval, metavar="S",
+                    help="the peer's have_poll_interval: every S seconds a peer asks each neighbour what it "
+                         "holds, and announces and polls the map only every --announce-interval (0: off)")
     ap.add_argument("--tracker-rate", type=float, default=0.0, metavar="R",
                     help="announces per second the tracker answers: a saturated tracker spaces each unfinished "
                          "peer's announces to (unfinished peers) / R seconds (0: no limit, as before)")

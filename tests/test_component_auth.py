@@ -41,6 +41,7 @@ async def test_cluster_with_a_secret_distributes_and_refuses_strangers(tmp_path,
         ("GET", f"{c.tracker_url}/chunks/{chunk}", None),
         ("GET", f"{peer}/chunks/{chunk}", None),
         ("GET", f"{peer}/maps/{spec.task_id}", None),
+        ("GET", f"{peer}/have/{spec.task_id}", None),
     ]
     async with httpx.AsyncClient() as client:
         for token in (None, "wrong-secret"):

@@ -57,6 +57,7 @@ def component_urls(c, spec: TaskSpec, chunk: str, scheme: str) -> list[tuple[str
         ("GET", f"{tracker}/chunks/{chunk}", None),
         ("GET", f"{peer}/chunks/{chunk}", None),
         ("GET", f"{peer}/maps/{spec.task_id}", None),
+        ("GET", f"{peer}/have/{spec.task_id}", None),
     ]
 
 

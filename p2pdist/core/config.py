@@ -91,6 +91,11 @@ class PeerConfig:
     chunk_policy: str = field(default="rarest", metadata=_choice(*CHUNK_POLICIES))
     wire_compression: str = field(default="auto", metadata=_choice("auto", "off"))
     announce_interval: float = 0.25  # while downloading: how fast peers learn of each other's new chunks
+    # swarm, for a task with more peers than one tracker core can follow (past ~1,250):
+    # ask each neighbour what it holds this often (0: never), and announce and poll the map
+    # only every announce_interval -- set that to about (peers / 5,000) seconds. Below
+    # that size it costs time (bench/RESULTS.md sim)
+    have_poll_interval: float = 0.0
     heartbeat_interval: float = 30.0  # how often the peer reports itself to the tracker
     cluster_secret: str | None = field(default=None, repr=False)  # sent to trackers and peers, required from them
     tls_cert: str | None = None  # mTLS: as the tracker's (core/tls.py); with them the peer speaks TLS to every peer
@@ -115,6 +120,9 @@ class PeerConfig:
                 raise ConfigError(f"config key 'upstreams': {u!r} is not HOST=URL with an http(s) URL")
         if self.auth_cache_ttl < 0 or self.tag_cache_ttl < 0:
             raise ConfigError("config keys 'auth_cache_ttl' and 'tag_cache_ttl' must not be negative")
+        if self.have_poll_interval < 0:
+            raise ConfigError(f"config key 'have_poll_interval': must not be negative (0 turns it off), "
+                              f"got {self.have_poll_interval}")
         _positive(self, "upload_slots", "max_in_flight", "per_source_in_flight", "chunk_timeout",
                   "peer_attempts", "announce_interval", "heartbeat_interval")
         _hostport(self, "listen")

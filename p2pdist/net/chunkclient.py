@@ -32,6 +32,7 @@ from p2pdist.net.tls import open_tls_stream
 MAX_HEAD = 16 * 1024
 RECV_LOWAT = 256 * 1024  # bytes a body read waits for (SO_RCVLOWAT) before it wakes
 MAX_ERROR_BODY = 64 * 1024
+MAX_HAVE_BODY = 256 * 1024  # a have bitmap of 2^20 chunks (wire.tracker's limit), base64, in JSON
 
 
 class _Conn:
@@ -97,6 +98,26 @@ class ChunkClient:
         nothing more). The bytes are NOT verified here."""
         return await self._request(addr, f"/api/v1/tasks/{task_id}/fresh?wait={wait}", claim, True,
                                    "a fresh chunk")
+
+    async def fetch_have(self, addr: str, task_id: str) -> str:
+        """A neighbour's ``GET /have/<task>``: what it holds of the task, as the tracker's
+        wire bitmap (undecoded: the caller knows the chunk count)."""
+        body = bytearray()
+
+        async def into(headers: dict[str, str], length: int) -> memoryview:
+            if length > MAX_HAVE_BODY:
+                raise Unavailable(f"peer {addr} sent a {length}-byte have list")
+            body.extend(bytes(length))
+            return memoryview(body)
+
+        await self._request(addr, f"/have/{task_id}", into, False, f"the have list of task {task_id[:16]}…")
+        try:
+            have = json.loads(body)["have"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Unavailable(f"peer {addr} sent an unreadable have list") from exc
+        if not isinstance(have, str):
+            raise Unavailable(f"peer {addr} sent an unreadable have list")
+        return have
 
     async def _request(self, addr: str, path: str,
                        into: Callable[[dict[str, str], int], Awaitable[memoryview]],

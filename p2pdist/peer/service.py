@@ -51,7 +51,6 @@ from p2pdist.wire.tracker import (
     Heartbeat,
     TaskHave,
     decode_register,
-    encode_have,
     parse_task_id,
 )
 
@@ -116,7 +115,7 @@ class Peer:
         while True:
             self._announce_now = trio.Event()
             self.env.request_announce = self._announce_now.set
-            tasks = [TaskHave(d.task_id, encode_have(d.held, d.complete), d.complete)
+            tasks = [TaskHave(d.task_id, d.have_bitmap(), d.complete)
                      for d in self.downloads.values() if d.error is None and d.mode in ("swarm", "cached", "nodes", "origin")
                      and (d.hashes or d.complete)]
             running = any(not d.finished.is_set() for d in self.downloads.values())
@@ -232,6 +231,14 @@ class Peer:
                 raise BlobUnknown(f"this peer holds no complete blob for task {task_id}")
             return Response(200, [("content-type", "application/json")], cmap.to_json())
 
+        async def get_have(request: Request) -> Response:
+            # a neighbour's have poll (have_poll_interval): what this peer holds of a task
+            task_id = parse_task_id(request.params["task_id"])
+            d = self.downloads.get(task_id)
+            if d is None or d.error is not None:
+                raise TaskUnknown(f"this peer has no task {task_id}")
+            return Response.json({"have": d.have_bitmap()})
+
         async def status(request: Request) -> Response:
             return Response.json(self.status())
 
@@ -241,6 +248,7 @@ class Peer:
             on_served=self.metrics.bytes_served.inc, throttle=self.upload_bucket,
             refused=lambda reason: self.metrics.asks_refused.labels(reason).inc())))
         r.route("GET", "/maps/{task_id}", auth.guard(get_map))
+        r.route("GET", "/have/{task_id}", auth.guard(get_have))
         # the local API: the CLI on this node, or the operator's tools with the secret or a certificate
         r.route("POST", "/api/v1/fetch", auth.guard(fetch, allow_loopback=True))
         r.route("POST", "/api/v1/tasks", auth.guard(start, allow_loopback=True))
