@@ -75,6 +75,7 @@ import statistics
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -250,6 +251,15 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
             if nd is not None:
                 heapq.heappush(deadlines, (nd, order[p], p))
 
+    def sources(p: str, entries: list, have: Callable, now: float, parents: set | None = None) -> list:
+        """``entries`` as peer ``p``'s sources (Download.on_neighbours): a seed holds every
+        listed chunk, less what it withholds from ``p``; the others hold ``have(entry)``."""
+        withheld = (frozenset(first_copies.withheld(pub_names, p, now))
+                    if args.withheld and args.topology == "swarm" and published < total else frozenset())
+        return [Source(e.peer_id, e.peer_id, None if e.seed else have(e), seed=e.seed,
+                       fallback=parents is not None and e.peer_id not in parents,
+                       withheld=withheld if e.seed else frozenset()) for e in entries]
+
     def have_of(e) -> frozenset[int]:
         fz = frozen.get(e.peer_id)
         if fz is None or len(fz) != len(e.have):  # haves only grow
@@ -408,12 +418,7 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
                 chosen = choose_neighbours(tracker, p, policy, rng, t)
                 parents = set(tracker.parent_of.get(p, ())) if policy.name == "tree" else None
                 # as the peer does (Download.on_neighbours): a seed holds every listed chunk
-                withheld = (frozenset(first_copies.withheld(pub_names, p, t))
-                            if args.withheld and args.topology == "swarm" and published < total else frozenset())
-                srcs = [Source(e.peer_id, e.peer_id, None if e.seed else have_of(e), seed=e.seed,
-                               fallback=parents is not None and e.peer_id not in parents,
-                               withheld=withheld if e.seed else frozenset())
-                        for e in chosen if e.peer_id != p]
+                srcs = sources(p, [e for e in chosen if e.peer_id != p], have_of, t, parents)
                 if args.have_poll:  # what a poll told is kept (Download.on_neighbours)
                     old = view.get(p, {})
                     srcs = [s if s.have is None or old.get(s.peer_id) is None
@@ -436,10 +441,7 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
             # step sees its neighbours' current haves at once (no announce lag at all)
             touched = set().union(*(listeners.get(q, ()) for q in gained_now)) - finish.keys()
             for p in sorted(touched, key=order.__getitem__):
-                withheld = (frozenset(first_copies.withheld(pub_names, p, t))
-                            if args.withheld and args.topology == "swarm" and published < total else frozenset())
-                srcs = [Source(e.peer_id, e.peer_id, None if e.seed else frozenset(held[e.peer_id]), seed=e.seed,
-                               withheld=withheld if e.seed else frozenset()) for e in listed[p]]
+                srcs = sources(p, listed[p], lambda e: frozenset(held[e.peer_id]), t)
                 handle(p, states[p].set_sources(srcs, t), t)
         gained_now.clear()
         if args.have_poll:
@@ -451,10 +453,7 @@ def simulate(args: argparse.Namespace, seed: int) -> dict:
             for p in sorted(polled, key=order.__getitem__):
                 v = view[p]
                 v.update((q, frozenset(held[q])) for q in polled[p])
-                withheld = (frozenset(first_copies.withheld(pub_names, p, t))
-                            if args.withheld and args.topology == "swarm" and published < total else frozenset())
-                srcs = [Source(e.peer_id, e.peer_id, None if e.seed else v[e.peer_id], seed=e.seed,
-                               withheld=withheld if e.seed else frozenset()) for e in listed[p]]
+                srcs = sources(p, listed[p], lambda e, v=v: v[e.peer_id], t)
                 handle(p, states[p].set_sources(srcs, t), t)
             polled.clear()
         if args.stats and published < total and round(t / dt) % 10 == 0:
