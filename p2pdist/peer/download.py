@@ -175,8 +175,9 @@ class Download:
         await self._changed.wait()
 
     def on_neighbours(self, neighbours: Sequence[Neighbour]) -> None:
-        polled = {s.peer_id: s.have for s in self._neighbours or () if s.have is not None
-                  } if self.env.config.have_poll_interval else {}
+        # with have polls, what a poll told may be newer than the tracker's answer: kept
+        known = {s.peer_id: s.have for s in self._neighbours or () if s.have is not None
+                 } if self.env.config.have_poll_interval else {}
         srcs = []
         for n in neighbours:
             if n.peer_id == self.env.peer_id:
@@ -184,8 +185,8 @@ class Download:
             # a seed holds every chunk the map lists, including those published after this
             # answer was written: "unknown" (may hold anything known) is exact for it
             have = None if n.seed else decode_have(n.have, self.total)
-            if have is not None and n.peer_id in polled:
-                have |= polled[n.peer_id]  # a have poll may know more than the tracker
+            if have is not None and n.peer_id in known:
+                have |= known[n.peer_id]
             withheld = decode_have(n.withheld, self.total) if n.withheld else None
             srcs.append(Source(n.peer_id, n.addr, frozenset(have) if have is not None else None,
                                fallback=n.fallback, seed=n.seed, withheld=frozenset(withheld or ())))
