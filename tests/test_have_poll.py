@@ -71,3 +71,18 @@ async def test_the_have_route(tmp_path) -> None:
             # the chunk client reads the same answer
             assert await peer.env.chunks.fetch_have(peer.advertise, spec.task_id) == r.json()["have"]
         nursery.cancel_scope.cancel()
+
+
+def test_the_tracker_says_when_it_nears_one_cores_capacity() -> None:
+    """The operator's cue for have_poll_interval: the tracker's own announce rate."""
+    from p2pdist.tracker.service import ANNOUNCE_WARN_EVERY, ANNOUNCE_WARN_RATE, AnnounceLoad
+
+    load = AnnounceLoad(0.0)
+    load.count = int(ANNOUNCE_WARN_RATE * 5) - 1  # just under the rate over 5 s
+    assert load.over(5.0) is None
+    load.count = int(ANNOUNCE_WARN_RATE * 5)
+    assert load.over(10.0) == ANNOUNCE_WARN_RATE
+    load.count = int(ANNOUNCE_WARN_RATE * 10)  # still high, but warned a moment ago
+    assert load.over(15.0) is None
+    load.count = int(ANNOUNCE_WARN_RATE * ANNOUNCE_WARN_EVERY)
+    assert load.over(15.0 + ANNOUNCE_WARN_EVERY) == ANNOUNCE_WARN_RATE

@@ -60,6 +60,10 @@ MAP_COALESCE = 0.05  # seconds a map long poll gathers further chunks once one i
 # An announce drops a task's peers silent for peer_ttl at most this often: walking every
 # peer of a 10,000-peer task on each of their announces was O(N) per answer.
 EXPIRE_EVERY = 1.0
+# Past this many task-announces a second the tracker nears one core's capacity (about
+# 6,500, bench/RESULTS.md tracker_load) and says so, at most once a minute.
+ANNOUNCE_WARN_RATE = 5000.0
+ANNOUNCE_WARN_EVERY = 60.0
 
 
 @dataclass
@@ -96,6 +100,25 @@ class FreshWaiter:
     host: str
     event: trio.Event = field(default_factory=trio.Event)
     got: tuple[int, str] | None = None
+
+
+class AnnounceLoad:
+    """Task-announces answered per second between two :meth:`over` calls (the expirer's):
+    the rate when it reaches ``ANNOUNCE_WARN_RATE`` and no warning was given within
+    ``ANNOUNCE_WARN_EVERY`` seconds, else None."""
+
+    def __init__(self, now: float):
+        self.count = 0
+        self.since = now
+        self.warned = float("-inf")
+
+    def over(self, now: float) -> float | None:
+        rate = self.count / max(now - self.since, 1e-9)
+        self.count, self.since = 0, now
+        if rate >= ANNOUNCE_WARN_RATE and now - self.warned >= ANNOUNCE_WARN_EVERY:
+            self.warned = now
+            return rate
+        return None
 
 
 def _have_text(e: PeerEntry) -> str:
@@ -162,6 +185,7 @@ class Tracker:
         self.tasks: dict[str, TrackerTask] = {}
         self.policy = NeighbourPolicy(config.topology, fanout=config.fanout, swarm_size=config.swarm_size)
         self.fleet: dict[str, PeerRecord] = {}
+        self.load = AnnounceLoad(clock())
         self.slots = UploadSlots(config.upload_slots)
         self.slots.on_release = self._dispatch_waiting
         self._waiting: set[str] = set()  # tasks with peers waiting for a fresh chunk
@@ -389,6 +413,7 @@ class Tracker:
                           withheld=withheld if e.seed else "")
                 for e in chosen)
             self.metrics.announces.inc()
+            self.load.count += 1
         return AnnounceReply(self.config.announce_interval, neighbours)
 
     def _record(self, peer_id: str, addr: str, zone: str, now: float) -> PeerRecord:
@@ -405,6 +430,11 @@ class Tracker:
 
     def expire(self) -> None:
         now = self.clock()
+        rate = self.load.over(now)
+        if rate is not None:
+            log.warning("answering %.0f task-announces a second, near what one tracker core sustains (about 6,500): "
+                        "with tasks this large, set the peers' have_poll_interval and a longer announce_interval "
+                        "(README, peer settings)", rate)
         for task in self.tasks.values():
             task.peers.expire(now)
         forget_after = max(self.config.peer_ttl, 3 * self.config.stale_after)
