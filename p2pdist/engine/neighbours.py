@@ -56,7 +56,7 @@ class PeerEntry:
     # the tracker service's encoding of ``have`` for its answers, and what it was made
     # from (tracker.service._have_text): cleared when ``have`` is replaced; nothing here
     # reads it
-    wire_have: tuple[tuple[int, int, bool], str] | None = field(default=None, repr=False, compare=False)
+    wire_have: tuple[tuple[int, bool], str] | None = field(default=None, repr=False, compare=False)
 
 
 class TaskPeers:

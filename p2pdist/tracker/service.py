@@ -103,18 +103,19 @@ class FreshWaiter:
 
 
 class AnnounceLoad:
-    """Task-announces answered per second between two :meth:`over` calls (the expirer's):
-    the rate when it reaches ``ANNOUNCE_WARN_RATE`` and no warning was given within
-    ``ANNOUNCE_WARN_EVERY`` seconds, else None."""
+    """Task-announces answered per second between two :meth:`over` calls (the expirer's),
+    from the running total (the ``announces`` metric): the rate when it reaches
+    ``ANNOUNCE_WARN_RATE`` and no warning was given within ``ANNOUNCE_WARN_EVERY``
+    seconds, else None."""
 
     def __init__(self, now: float):
-        self.count = 0
+        self.total = 0.0
         self.since = now
         self.warned = float("-inf")
 
-    def over(self, now: float) -> float | None:
-        rate = self.count / max(now - self.since, 1e-9)
-        self.count, self.since = 0, now
+    def over(self, now: float, total: float) -> float | None:
+        rate = (total - self.total) / max(now - self.since, 1e-9)
+        self.total, self.since = total, now
         if rate >= ANNOUNCE_WARN_RATE and now - self.warned >= ANNOUNCE_WARN_EVERY:
             self.warned = now
             return rate
@@ -126,7 +127,7 @@ def _have_text(e: PeerEntry) -> str:
     dozen neighbours, and encoding each again on every announce took an eighth of the
     tracker's time (bench/tracker_load.py). A have only grows in place (its size tells)
     or is replaced (which clears the cache)."""
-    key = (id(e.have), len(e.have), e.complete)
+    key = (len(e.have), e.complete)
     if e.wire_have is None or e.wire_have[0] != key:
         e.wire_have = (key, encode_have(e.have, e.complete))
     return e.wire_have[1]
@@ -413,7 +414,6 @@ class Tracker:
                           withheld=withheld if e.seed else "")
                 for e in chosen)
             self.metrics.announces.inc()
-            self.load.count += 1
         return AnnounceReply(self.config.announce_interval, neighbours)
 
     def _record(self, peer_id: str, addr: str, zone: str, now: float) -> PeerRecord:
@@ -430,7 +430,7 @@ class Tracker:
 
     def expire(self) -> None:
         now = self.clock()
-        rate = self.load.over(now)
+        rate = self.load.over(now, self.metrics.registry.get_sample_value("p2pdist_tracker_announces_total") or 0.0)
         if rate is not None:
             log.warning("answering %.0f task-announces a second, near what one tracker core sustains (about 6,500): "
                         "with tasks this large, set the peers' have_poll_interval and a longer announce_interval "
